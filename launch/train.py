@@ -1,0 +1,50 @@
+"""Train (and prune) a model described by a YAML config; ``section.key=value`` arguments override it.
+
+    python -m launch.train --config configs/tiny_bert_sst2.yaml                      # one process
+    deepspeed --num_gpus 2 launch/train.py --config configs/minilm_sst2.yaml        # 2 ranks (CPU: gloo)
+    torchrun --nproc_per_node 2 launch/train.py --config configs/minilm_sst2.yaml training.max_steps=50
+    python -m launch.train --help-config                                             # every key, documented
+
+The config is validated before any process group starts; a bad config exits with status 2.
+"""
+
+import argparse
+import sys
+
+from sparse_dist.config import ConfigError, describe_config, load_config
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML run config")
+    parser.add_argument("--help-config", action="store_true", help="list every config key and exit")
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # set by launchers
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.help_config:
+        print(describe_config())
+        return 0
+    if args.config is None:
+        print("error: --config is required", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(args.config, args.overrides)
+    except ConfigError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        return 2
+
+    from sparse_dist.distributed.env import init_distributed, init_logging
+    from sparse_dist.trainer import Trainer
+
+    env = init_distributed()
+    init_logging(env.rank)
+    Trainer(config, env).train()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

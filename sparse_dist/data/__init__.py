@@ -1,0 +1,1 @@
+"""What to train on: GLUE and WebNLG, from the hub or a local directory, sharded over ranks."""

@@ -1,0 +1,122 @@
+"""Turn canonical examples into model inputs, for encoders (BERT, RoBERTa) and text-to-text models (T5).
+
+Encoders read ``text_a`` (and ``text_b``) and predict a label id or a score. Text-to-text models read
+"<prefix> <field>: <text> ..." and produce the label word, the score as text, or the WebNLG sentence.
+Padding is left to the collator (dynamic, per batch); ``idx`` rides along so that predictions can be
+matched with their gold answers after a distributed evaluation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import datasets
+import torch
+from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, PreTrainedTokenizerBase
+
+from sparse_dist.data.tasks import TaskSpec
+
+ModelKind = Literal["encoder", "seq2seq"]
+
+
+def source_text(task: TaskSpec, example: dict[str, Any]) -> str:
+    """The T5 input string of one example."""
+    if task.kind == "generation":
+        triples = " && ".join(t.replace("_", " ") for t in example["triples"])
+        return f"{task.text_prefix}: {triples}"
+    parts = [task.text_prefix, f"{task.text_fields[0]}: {example['text_a']}"]
+    if task.has_pair:
+        parts.append(f"{task.text_fields[1]}: {example['text_b']}")
+    return " ".join(parts)
+
+
+def target_text(task: TaskSpec, label: float | int) -> str:
+    """The T5 target string for a label: the class word, or the score rounded to 0.2 (as in T5)."""
+    if task.kind == "regression":
+        return f"{round(float(label) * 5) / 5:.1f}"
+    return task.words[int(label)]
+
+
+def parse_prediction(task: TaskSpec, text: str) -> float | int:
+    """Map generated text back to a label: the class id (-1 if no class word), or the score (0.0 if none)."""
+    text = text.strip()
+    if task.kind == "regression":
+        try:
+            return float(text)
+        except ValueError:
+            return 0.0
+    words = task.words
+    return words.index(text) if text in words else -1
+
+
+def encode_train(task: TaskSpec, raw: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, kind: ModelKind,
+                 max_seq_length: int, max_target_length: int) -> datasets.Dataset:
+    """Tokenized training examples; WebNLG entries become one example per reference sentence."""
+    if task.kind == "generation":
+        raw = raw.map(_expand_references, batched=True, remove_columns=raw.column_names, keep_in_memory=True)
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        examples = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        if kind == "encoder":
+            features = _encode_encoder_inputs(tokenizer, batch, max_seq_length)
+            features["labels"] = batch["label"]
+            return features
+        targets = [ex["target"] if task.kind == "generation" else target_text(task, ex["label"]) for ex in examples]
+        return tokenizer([source_text(task, ex) for ex in examples], text_target=targets, truncation=True,
+                         max_length=max_seq_length)
+
+    return raw.map(encode, batched=True, remove_columns=raw.column_names, keep_in_memory=True,
+                   desc=f"tokenizing {task.name} train")
+
+
+def encode_eval(task: TaskSpec, raw: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, kind: ModelKind,
+                max_seq_length: int) -> tuple[datasets.Dataset, list]:
+    """Tokenized dev inputs (with ``idx``) and the gold answers in ``idx`` order.
+
+    Gold answers are label ids or scores, or for WebNLG the list of reference sentences.
+    """
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        examples = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        if kind == "encoder":
+            features = _encode_encoder_inputs(tokenizer, batch, max_seq_length)
+        else:
+            features = tokenizer([source_text(task, ex) for ex in examples], truncation=True,
+                                 max_length=max_seq_length)
+        features["idx"] = batch["idx"]
+        return features
+
+    gold = raw["references"] if task.kind == "generation" else raw["label"]
+    encoded = raw.map(encode, batched=True, remove_columns=raw.column_names, keep_in_memory=True,
+                      desc=f"tokenizing {task.name} dev")
+    return encoded, list(gold)
+
+
+def _encode_encoder_inputs(tokenizer: PreTrainedTokenizerBase, batch: dict[str, list], max_seq_length: int):
+    pair = (batch["text_a"], batch["text_b"]) if "text_b" in batch else (batch["text_a"],)
+    return dict(tokenizer(*pair, truncation=True, max_length=max_seq_length))
+
+
+def _expand_references(batch: dict[str, list]) -> dict[str, list]:
+    out: dict[str, list] = {"triples": [], "target": []}
+    for triples, references in zip(batch["triples"], batch["references"]):
+        for reference in references:
+            out["triples"].append(triples)
+            out["target"].append(reference)
+    return out
+
+
+class Collator:
+    """Pads a list of encoded examples into a batch; ``idx`` (if present) stays a separate tensor."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, kind: ModelKind):
+        if kind == "seq2seq":
+            self._pad = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, return_tensors="pt")
+        else:
+            self._pad = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        idx = [f.pop("idx") for f in features if "idx" in f]
+        batch = dict(self._pad(features))
+        if idx:
+            batch["idx"] = torch.tensor(idx, dtype=torch.long)
+        return batch

@@ -1,0 +1,177 @@
+"""Read a task's raw splits, from a local directory or the hub, into canonical columns.
+
+Every split comes back as a ``datasets.Dataset`` with the canonical columns
+``text_a``, ``text_b`` (pairs only) and ``label`` for GLUE, or ``triples``, ``references`` and
+``category`` for WebNLG, plus ``idx`` (the row's position in the split). Problems with the files (a
+missing file or column, an unknown label, an empty split) raise :class:`DataError` with the path.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from sparse_dist.data.tasks import TaskSpec
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """A problem with a task's data files, reported with the file it is in."""
+
+
+def resolve_local_dir(task: TaskSpec, local_dir: str | None) -> Path | None:
+    """The task's local directory if it exists; None means "use the hub" (and says so in the log)."""
+    if local_dir is None or task.local is None:
+        return None
+    path = Path(local_dir) / task.local.directory
+    if path.is_dir():
+        return path
+    log.warning("data.local_dir: %s does not exist; loading %s/%s from the hub instead", path, task.hub_path,
+                task.hub_name)
+    return None
+
+
+def load_split(task: TaskSpec, split: str, local_dir: str | None, limit: int | None = None) -> datasets.Dataset:
+    """One split of a task in canonical columns, truncated to its first ``limit`` rows if given."""
+    directory = resolve_local_dir(task, local_dir)
+    if task.kind == "generation":
+        raw = _load_webnlg_local(task, split, directory) if directory else _load_webnlg_hub(task, split)
+        where = str(directory / task.local.files[split]) if directory else f"{task.hub_path}:{split}"
+        raw = _first(raw, limit)
+    elif directory is not None:
+        raw, where = _load_glue_local(task, split, directory, limit)
+    else:
+        raw, where = _load_glue_hub(task, split, limit), f"{task.hub_path}/{task.hub_name}:{split}"
+    if len(raw) == 0:
+        raise DataError(f"{where}: the {split} split has no examples")
+    return raw.add_column("idx", list(range(len(raw))))
+
+
+def _first(raw: datasets.Dataset, limit: int | None) -> datasets.Dataset:
+    return raw if limit is None or limit >= len(raw) else raw.select(range(limit))
+
+
+# --- GLUE ---------------------------------------------------------------------------------------
+
+
+def _load_glue_local(task: TaskSpec, split: str, directory: Path,
+                     limit: int | None) -> tuple[datasets.Dataset, str]:
+    layout = task.local
+    if split not in layout.files:
+        raise DataError(f"{directory}: task {task.name} has no {split} split (known: {', '.join(layout.files)})")
+    path = directory / layout.files[split]
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (task {task.name}, split {split})")
+    options: dict[str, Any] = {"delimiter": "\t", "quoting": csv.QUOTE_NONE, "encoding": "utf-8-sig"}
+    if not layout.header:
+        options.update(header=None, column_names=list(layout.names))
+    raw = datasets.load_dataset("csv", data_files={split: str(path)}, split=split, keep_in_memory=True, **options)
+    return _canonical_glue(task, _first(raw, limit), layout.columns, str(path)), str(path)
+
+
+def _load_glue_hub(task: TaskSpec, split: str, limit: int | None) -> datasets.Dataset:
+    raw = datasets.load_dataset(task.hub_path, task.hub_name, split=split)
+    return _canonical_glue(task, _first(raw, limit), task.hub_columns, f"{task.hub_path}/{task.hub_name}:{split}")
+
+
+def _canonical_glue(task: TaskSpec, raw: datasets.Dataset, columns: dict[str, str], where: str) -> datasets.Dataset:
+    missing = [name for name in columns.values() if name not in raw.column_names]
+    if missing:
+        raise DataError(f"{where}: missing column {missing[0]!r} (columns: {', '.join(raw.column_names)})")
+    if len(raw) == 0:
+        raise DataError(f"{where}: no examples")
+    out: dict[str, list] = {key: [] for key in columns}
+    source = {key: raw.data.column(name).to_pylist() for key, name in columns.items()}
+    for row in range(len(raw)):
+        for key in ("text_a", "text_b"):
+            if key in source:
+                text = source[key][row]
+                out[key].append("" if text is None or (isinstance(text, float) and math.isnan(text)) else str(text))
+        out["label"].append(_label_id(task, source["label"][row], where, row))
+    features = {"text_a": datasets.Value("string"), "label": datasets.Value(
+        "float32" if task.kind == "regression" else "int64")}
+    if "text_b" in out:
+        features["text_b"] = datasets.Value("string")
+    return datasets.Dataset.from_dict(out, features=datasets.Features({k: features[k] for k in out}))
+
+
+def _label_id(task: TaskSpec, value: Any, where: str, row: int) -> int | float:
+    """Map a label cell (an id, a class name, or a score) to the hub's label id or score."""
+    if task.kind == "regression":
+        try:
+            score = float(value)
+        except (TypeError, ValueError):
+            score = math.nan
+        if math.isnan(score):
+            raise DataError(f"{where}: row {row + 1}: label {value!r} is not a number (task {task.name})")
+        return score
+    names = task.label_names
+    if isinstance(value, str) and value in names:
+        return names.index(value)
+    try:
+        label = int(value)
+    except (TypeError, ValueError):
+        label = -1
+    if isinstance(value, float) and value != label:
+        label = -1
+    if not 0 <= label < len(names):
+        raise DataError(f"{where}: row {row + 1}: unknown label {value!r} for task {task.name} "
+                        f"(expected one of {', '.join(names)} or 0..{len(names) - 1})")
+    return label
+
+
+# --- WebNLG -------------------------------------------------------------------------------------
+
+
+def _load_webnlg_local(task: TaskSpec, split: str, directory: Path) -> datasets.Dataset:
+    if split not in task.local.files:
+        raise DataError(f"{directory}: WebNLG has no {split} split (known: {', '.join(task.local.files)})")
+    split_dir = directory / task.local.files[split]
+    files = sorted(str(p) for p in split_dir.glob("*triples/*.xml"))
+    if not files:
+        raise DataError(f"{split_dir}: no WebNLG files (expected <N>triples/<Category>.xml)")
+    raw = datasets.load_dataset("xml", data_files={split: files}, split=split, keep_in_memory=True)
+    return raw.map(_parse_webnlg_files, batched=True, remove_columns=raw.column_names,
+                   fn_kwargs={"where": str(split_dir)}, keep_in_memory=True)
+
+
+def _parse_webnlg_files(batch: dict[str, list[str]], where: str) -> dict[str, list]:
+    out: dict[str, list] = {"triples": [], "references": [], "category": []}
+    for document in batch["xml"]:
+        try:
+            root = ElementTree.fromstring(document)
+        except ElementTree.ParseError as error:
+            raise DataError(f"{where}: malformed WebNLG XML: {error}") from None
+        for entry in root.iter("entry"):
+            triples = [t.text.strip() for t in entry.iter("mtriple") if t.text]
+            references = [text.text.strip() for lex in entry.iter("lex") for text in lex.iter("text") if text.text]
+            if not references:  # WebNLG 2017 v1.4 keeps the sentence in <text>; older files put it in <lex>.
+                references = [lex.text.strip() for lex in entry.iter("lex") if lex.text and lex.text.strip()]
+            if not triples or not references:
+                raise DataError(f"{where}: entry {entry.get('eid')} ({entry.get('category')}) has no triples or "
+                                "no reference text")
+            out["triples"].append(triples)
+            out["references"].append(references)
+            out["category"].append(entry.get("category", ""))
+    return out
+
+
+def _load_webnlg_hub(task: TaskSpec, split: str) -> datasets.Dataset:
+    raw = datasets.load_dataset(task.hub_path, task.hub_name, split=split)
+    return raw.map(webnlg_hub_to_canonical, batched=True, remove_columns=raw.column_names)
+
+
+def webnlg_hub_to_canonical(batch: dict[str, list]) -> dict[str, list]:
+    """Rows of the hub's ``web_nlg`` schema (modified_triple_sets, lex) in canonical columns."""
+    return {
+        "triples": [list(sets["mtriple_set"][0]) for sets in batch["modified_triple_sets"]],
+        "references": [list(lex["text"]) for lex in batch["lex"]],
+        "category": list(batch["category"]),
+    }

@@ -1,0 +1,57 @@
+"""A task's data ready for training and evaluation: tokenized splits, gold answers, loaders."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import datasets
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from sparse_dist.config import DataConfig
+from sparse_dist.data.encode import Collator, ModelKind, encode_eval, encode_train
+from sparse_dist.data.load import load_split
+from sparse_dist.data.sampler import TrainBatchSampler
+from sparse_dist.data.tasks import TaskSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalSet:
+    """One dev set: tokenized inputs carrying ``idx``, and the gold answer of each ``idx``."""
+
+    split: str
+    inputs: datasets.Dataset
+    gold: list
+
+
+@dataclass
+class TaskData:
+    task: TaskSpec
+    kind: ModelKind
+    train: datasets.Dataset
+    dev: list[EvalSet]
+    collator: Collator
+
+
+def build_task_data(data: DataConfig, task: TaskSpec, tokenizer: PreTrainedTokenizerBase,
+                    kind: ModelKind) -> TaskData:
+    """Load, subset and tokenize the training split and every dev split of the task."""
+    raw_train = load_split(task, task.train_split, data.local_dir, data.max_train_examples)
+    train = encode_train(task, raw_train, tokenizer, kind, data.max_seq_length, data.max_target_length)
+    dev = []
+    for split in task.dev_splits:
+        raw = load_split(task, split, data.local_dir, data.max_eval_examples)
+        inputs, gold = encode_eval(task, raw, tokenizer, kind, data.max_seq_length)
+        dev.append(EvalSet(split=split, inputs=inputs, gold=gold))
+    log.info("task %s: %d training examples, dev: %s", task.name, len(train),
+             ", ".join(f"{d.split} {len(d.inputs)}" for d in dev))
+    return TaskData(task=task, kind=kind, train=train, dev=dev, collator=Collator(tokenizer, kind))
+
+
+def build_train_loader(task_data: TaskData, sampler: TrainBatchSampler, num_workers: int = 0) -> DataLoader:
+    """An endless loader of this rank's micro-batches, in the sampler's order."""
+    return DataLoader(task_data.train, batch_sampler=sampler, collate_fn=task_data.collator,
+                      num_workers=num_workers, persistent_workers=num_workers > 0)

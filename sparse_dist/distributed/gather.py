@@ -1,0 +1,50 @@
+"""Full (unpartitioned) views of ZeRO-partitioned parameters, one parameter at a time.
+
+Used where something really needs a whole tensor: exporting a model, and tests that compare full
+weights. Parameters are gathered one by one, so the accelerator never holds more than one full
+parameter beyond the partitioned model; the result goes to host memory on the ranks that keep it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from deepspeed import zero
+
+
+def is_partitioned(param: torch.nn.Parameter) -> bool:
+    """True for a ZeRO-3 partitioned parameter."""
+    return hasattr(param, "ds_id")
+
+
+def full_shape(param: torch.nn.Parameter) -> torch.Size:
+    """The parameter's full shape, also under ZeRO-3 (where ``param.shape`` is a placeholder)."""
+    return param.ds_shape if is_partitioned(param) else param.shape
+
+
+def full_numel(param: torch.nn.Parameter) -> int:
+    return param.ds_numel if is_partitioned(param) else param.numel()
+
+
+def iter_full_parameters(module: torch.nn.Module, keep: bool = True) -> Iterator[tuple[str, torch.Tensor | None]]:
+    """Yield (name, full fp32 tensor on CPU) for every parameter; None where ``keep`` is False.
+
+    Every rank must iterate to the end (gathering is collective under ZeRO-3); ranks that do not need
+    the values pass ``keep=False`` and receive None instead of a copy. Stages: 0-3.
+    """
+    for name, param in module.named_parameters():
+        with zero.GatheredParameters([param], modifier_rank=None, enabled=is_partitioned(param)):
+            yield name, param.detach().to("cpu", torch.float32, copy=True) if keep else None
+
+
+def gather_state_dict(module: torch.nn.Module, keep: bool) -> dict[str, torch.Tensor] | None:
+    """The module's full state dict on CPU where ``keep`` is True (None elsewhere). All ranks call."""
+    state = {name: tensor for name, tensor in iter_full_parameters(module, keep)}
+    if not keep:
+        return None
+    persistent = set(module.state_dict().keys())
+    for name, buffer in module.named_buffers():
+        if name in persistent:
+            state[name] = buffer.detach().to("cpu", copy=True)
+    return state

