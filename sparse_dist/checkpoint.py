@@ -58,10 +58,12 @@ def _write_atomic(path: Path, text: str) -> None:
 class Checkpointer:
     """Saves and finds checkpoints under ``directory``. :meth:`save` and :meth:`load` are collective."""
 
-    def __init__(self, directory: Path, keep_last: int, env: DistEnv):
+    def __init__(self, directory: Path, keep_last: int, env: DistEnv, signature: dict[str, Any]):
         self.directory = Path(directory)
         self.keep_last = keep_last
         self.env = env
+        self.signature = signature
+        """What a checkpoint must match to be resumed by this run (model, task, ZeRO stage, ...)."""
 
     # --- saving -----------------------------------------------------------------------------------
 
@@ -99,7 +101,8 @@ class Checkpointer:
         dist.all_gather_object(parts, mine)
         if self.env.is_main:
             entries = {name: meta for part in parts for name, meta in part.items()}
-            manifest = {"step": step, "world_size": self.env.world_size, "files": entries}
+            manifest = {"step": step, "world_size": self.env.world_size, "signature": self.signature,
+                        "files": entries}
             _write_atomic(path / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
 
     def _prune_old(self) -> None:
@@ -174,6 +177,10 @@ class Checkpointer:
             if problem is not None:
                 log.warning("checkpoint %s is not usable: %s; trying the previous one", path, problem)
                 continue
+            if manifest.get("signature") != self.signature:
+                raise CheckpointError(
+                    f"{path} belongs to a different run ({manifest.get('signature')}), not {self.signature}; "
+                    "use a new job.run_dir, or checkpoint.resume=false to start over")
             if manifest["world_size"] != self.env.world_size:
                 raise CheckpointError(
                     f"{path}: written by {manifest['world_size']} ranks, this job has {self.env.world_size}; "

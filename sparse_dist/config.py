@@ -83,7 +83,7 @@ class TrainingConfig:
     """Number of optimizer steps."""
     global_batch_size: int = 32
     """Examples per optimizer step over all ranks: micro_batch_size x grad_accum_steps x world_size."""
-    micro_batch_size: int = 32
+    micro_batch_size: int = 8
     """Examples per forward pass on one rank."""
     max_grad_norm: float = 1.0
     """Clip the global gradient norm to this value (0 disables clipping)."""

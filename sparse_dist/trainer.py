@@ -88,7 +88,8 @@ class Trainer:
         self.engine = self._build_engine()
         self.evaluator = Evaluator(self.task_data, config.eval, env, self.built.tokenizer, config.zero.stage)
         self.metrics = build_metrics_logger(self.run_dir, config.metrics.tensorboard, env.is_main)
-        self.checkpointer = Checkpointer(self.run_dir / "checkpoints", config.checkpoint.keep_last, env)
+        signature = {"model": config.model.name_or_path, "task": config.data.task, "zero_stage": config.zero.stage}
+        self.checkpointer = Checkpointer(self.run_dir / "checkpoints", config.checkpoint.keep_last, env, signature)
         self.step = 0
         self.result = TrainResult(steps=0)
         self._loss_sum = torch.zeros((), dtype=torch.float64)
@@ -138,10 +139,12 @@ class Trainer:
                 loss = self._log_training(window_steps * self.config.training.global_batch_size / elapsed)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.engine.get_lr()[0]:.2e}")
                 window_start, window_steps = time.perf_counter(), 0
+            pause = time.perf_counter()
             if self._due(self.config.eval.eval_every_steps) and self.step < max_steps:
                 self.evaluate()
             if self._due(self.config.checkpoint.save_every_steps) and self.step < max_steps:
                 self.save_checkpoint()
+            window_start += time.perf_counter() - pause  # samples/s counts training time only
         bar.close()
         self.result.final_metrics = self.evaluate()
         self.save_checkpoint()

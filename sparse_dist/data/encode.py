@@ -116,7 +116,7 @@ class Collator:
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         idx = [f.pop("idx") for f in features if "idx" in f]
-        batch = dict(self._pad(features))
+        batch = {key: value for key, value in self._pad(features).items() if value is not None}
         if idx:
             batch["idx"] = torch.tensor(idx, dtype=torch.long)
         return batch

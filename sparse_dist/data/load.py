@@ -72,7 +72,12 @@ def _load_glue_local(task: TaskSpec, split: str, directory: Path,
     options: dict[str, Any] = {"delimiter": "\t", "quoting": csv.QUOTE_NONE, "encoding": "utf-8-sig"}
     if not layout.header:
         options.update(header=None, column_names=list(layout.names))
-    raw = datasets.load_dataset("csv", data_files={split: str(path)}, split=split, keep_in_memory=True, **options)
+    try:
+        raw = datasets.load_dataset("csv", data_files={split: str(path)}, split=split, keep_in_memory=True, **options)
+    except ValueError as error:  # datasets' words for a header-only file, or a file pandas cannot parse
+        if "corresponds to no data" in str(error):
+            raise DataError(f"{path}: the {split} split has no examples") from None
+        raise DataError(f"{path}: not a readable TSV file ({error})") from None
     return _canonical_glue(task, _first(raw, limit), layout.columns, str(path)), str(path)
 
 
@@ -134,33 +139,45 @@ def _load_webnlg_local(task: TaskSpec, split: str, directory: Path) -> datasets.
     if split not in task.local.files:
         raise DataError(f"{directory}: WebNLG has no {split} split (known: {', '.join(task.local.files)})")
     split_dir = directory / task.local.files[split]
-    files = sorted(str(p) for p in split_dir.glob("*triples/*.xml"))
+    files = sorted(split_dir.glob("*triples/*.xml"))
     if not files:
         raise DataError(f"{split_dir}: no WebNLG files (expected <N>triples/<Category>.xml)")
-    raw = datasets.load_dataset("xml", data_files={split: files}, split=split, keep_in_memory=True)
-    return raw.map(_parse_webnlg_files, batched=True, remove_columns=raw.column_names,
-                   fn_kwargs={"where": str(split_dir)}, keep_in_memory=True)
+    rows: dict[str, list] = {"triples": [], "references": [], "category": []}
+    skipped = 0
+    for file in files:
+        parsed, unusable = _parse_webnlg_file(file)
+        skipped += unusable
+        for key, values in parsed.items():
+            rows[key].extend(values)
+    if skipped:
+        log.warning("%s: skipped %d WebNLG entries without any reference text (kept %d)", split_dir, skipped,
+                    len(rows["triples"]))
+    return datasets.Dataset.from_dict(rows)
 
 
-def _parse_webnlg_files(batch: dict[str, list[str]], where: str) -> dict[str, list]:
+def _parse_webnlg_file(path: Path) -> tuple[dict[str, list], int]:
+    """Entries of one WebNLG 2017 XML file (modified triples, every reference text), and how many
+    entries had no reference text at all (a few in the release; they can be neither trained nor scored)."""
+    try:
+        root = ElementTree.parse(path).getroot()
+    except ElementTree.ParseError as error:
+        raise DataError(f"{path}: malformed WebNLG XML: {error}") from None
     out: dict[str, list] = {"triples": [], "references": [], "category": []}
-    for document in batch["xml"]:
-        try:
-            root = ElementTree.fromstring(document)
-        except ElementTree.ParseError as error:
-            raise DataError(f"{where}: malformed WebNLG XML: {error}") from None
-        for entry in root.iter("entry"):
-            triples = [t.text.strip() for t in entry.iter("mtriple") if t.text]
-            references = [text.text.strip() for lex in entry.iter("lex") for text in lex.iter("text") if text.text]
-            if not references:  # WebNLG 2017 v1.4 keeps the sentence in <text>; older files put it in <lex>.
-                references = [lex.text.strip() for lex in entry.iter("lex") if lex.text and lex.text.strip()]
-            if not triples or not references:
-                raise DataError(f"{where}: entry {entry.get('eid')} ({entry.get('category')}) has no triples or "
-                                "no reference text")
-            out["triples"].append(triples)
-            out["references"].append(references)
-            out["category"].append(entry.get("category", ""))
-    return out
+    unusable = 0
+    for entry in root.iter("entry"):
+        triples = [t.text.strip() for t in entry.iter("mtriple") if t.text]
+        references = [text.text.strip() for lex in entry.iter("lex") for text in lex.iter("text") if text.text]
+        if not references:  # WebNLG 2017 v1.4 keeps the sentence in <text>; older files put it in <lex>.
+            references = [lex.text.strip() for lex in entry.iter("lex") if lex.text and lex.text.strip()]
+        if not triples:
+            raise DataError(f"{path}: entry {entry.get('eid')} has no triples")
+        if not references:
+            unusable += 1
+            continue
+        out["triples"].append(triples)
+        out["references"].append(references)
+        out["category"].append(entry.get("category", ""))
+    return out, unusable
 
 
 def _load_webnlg_hub(task: TaskSpec, split: str) -> datasets.Dataset:

@@ -71,6 +71,10 @@ def init_distributed() -> DistEnv:
     if not dist.is_initialized():
         ds_init_distributed(dist_backend=backend, verbose=False)
     device = torch.device(accelerator.device_name(local_rank) if accelerator.device_name() != "cpu" else "cpu")
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # Ranks sharing a machine share its cores; one thread pool per rank of all cores oversubscribes.
+        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", "1")))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_ranks))
     return DistEnv(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
                    device=device, backend=backend)
 

@@ -99,11 +99,12 @@ def build_model(model_cfg: ModelConfig, task: TaskSpec, deepspeed_config: dict[s
             if hasattr(config, key):
                 setattr(config, key, model_cfg.dropout)
 
-    integration = None
-    if deepspeed_config["zero_optimization"]["stage"] == 3:
-        from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-        integration = HfDeepSpeedConfig(deepspeed_config)
+    # The integration is process-global: clear any left by an earlier model, set it only for ZeRO-3.
+    unset_hf_deepspeed_config()
+    integration = HfDeepSpeedConfig(deepspeed_config) if deepspeed_config["zero_optimization"]["stage"] == 3 else None
     model_class = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForSequenceClassification
     with torch.random.fork_rng(devices=[]), _quiet_transformers():
         torch.manual_seed(seed)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_model
 
 TINY_SEED = 1234
 _HIDDEN, _LAYERS, _HEADS, _FFN, _POSITIONS = 32, 2, 2, 64, 256
@@ -54,7 +55,12 @@ def tiny_checkpoint(name: str) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
         model, tokenizer = _BUILDERS[name]()
-        model.save_pretrained(staging)
+        # Not model.save_pretrained: under a process group it writes on global rank 0 only, and every
+        # process here must be able to write a complete copy (node-local caches on a cluster).
+        model.config.save_pretrained(staging)
+        if model.can_generate():
+            model.generation_config.save_pretrained(staging)
+        save_model(model, str(staging / "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save_pretrained(staging)
         try:
             staging.rename(target)

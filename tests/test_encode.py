@@ -1,0 +1,55 @@
+"""Text-to-text phrasing, tokenization with dynamic padding, tiny models by name."""
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from sparse_dist.data.encode import Collator, encode_eval, encode_train, parse_prediction, source_text, target_text
+from sparse_dist.data.load import load_split
+from sparse_dist.data.tasks import get_task
+from sparse_dist.models.tiny import tiny_checkpoint
+
+
+def test_t5_phrasing():
+    rte, stsb, webnlg = get_task("rte"), get_task("stsb"), get_task("webnlg")
+    assert source_text(rte, {"text_a": "A.", "text_b": "B."}) == "rte sentence1: A. sentence2: B."
+    assert target_text(rte, 1) == "not_entailment" and target_text(stsb, 3.27) == "3.2"
+    assert parse_prediction(rte, " not_entailment ") == 1 and parse_prediction(rte, "maybe") == -1
+    assert parse_prediction(stsb, "2.6") == 2.6 and parse_prediction(stsb, "n/a") == 0.0
+    assert source_text(webnlg, {"triples": ["Aarhus | leaderName | Jacob_Bundsgaard"]}) == \
+        "translate triples to text: Aarhus | leaderName | Jacob Bundsgaard"
+
+
+@pytest.mark.parametrize("name", ["tiny-bert", "tiny-roberta", "tiny-t5"])
+def test_tiny_models_build_by_name_and_reload_identically(name):
+    path = tiny_checkpoint(name)
+    assert tiny_checkpoint(name) == path  # written once
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    ids = tokenizer("the movie is great !")["input_ids"]
+    assert tokenizer.unk_token_id not in ids
+
+
+def test_encoder_batches_pad_dynamically_and_keep_idx(data_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint("tiny-bert"))
+    raw = load_split(get_task("mrpc"), "validation", str(data_dir), limit=6)
+    inputs, gold = encode_eval(get_task("mrpc"), raw, tokenizer, "encoder", max_seq_length=32)
+    assert gold == raw["label"]
+    batch = Collator(tokenizer, "encoder")([inputs[i] for i in (4, 1)])
+    assert batch["idx"].tolist() == [4, 1]
+    longest = max(len(inputs[i]["input_ids"]) for i in (4, 1))
+    assert batch["input_ids"].shape == (2, longest) <= (2, 32)
+    assert int(batch["attention_mask"].sum()) == sum(len(inputs[i]["input_ids"]) for i in (4, 1))
+
+
+def test_seq2seq_training_examples(data_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint("tiny-t5"))
+    raw = load_split(get_task("webnlg"), "train", str(data_dir), limit=3)
+    encoded = encode_train(get_task("webnlg"), raw, tokenizer, "seq2seq", 64, 32)
+    assert len(encoded) == sum(len(r) for r in raw["references"])  # one example per reference
+    batch = Collator(tokenizer, "seq2seq")([encoded[i] for i in range(3)])
+    lengths = [len(encoded[i]["labels"]) for i in range(3)]
+    assert batch["labels"].shape == (3, max(lengths)) and batch["labels"].dtype == torch.long
+    for row, length in enumerate(lengths):  # targets end with </s>; padding is -100, ignored by the loss
+        assert batch["labels"][row, length - 1] == tokenizer.eos_token_id
+        assert (batch["labels"][row, length:] == -100).all()
+    assert "idx" not in batch
