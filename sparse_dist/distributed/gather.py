@@ -48,3 +48,28 @@ def gather_state_dict(module: torch.nn.Module, keep: bool) -> dict[str, torch.Te
         if name in persistent:
             state[name] = buffer.detach().to("cpu", copy=True)
     return state
+
+
+def full_master(param: torch.nn.Parameter) -> torch.Tensor:
+    """The whole fp32 master weight the optimizer updates (CPU copy). All ranks call. Stages: 0-3."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    if hasattr(param, "ds_id") or getattr(param, "_hp_mapping", None) is not None or _in_partitioned_optimizer(param):
+        return safe_get_full_fp32_param(param).detach().to("cpu", copy=True)
+    return param.detach().to("cpu", torch.float32, copy=True)  # ZeRO-0 in fp32: the parameter is the master
+
+
+def full_optimizer_state(param: torch.nn.Parameter, key: str, optimizer=None) -> torch.Tensor | None:
+    """The whole optimizer state ``key`` (e.g. ``exp_avg``) of a weight (CPU copy). All ranks call."""
+    from deepspeed.utils import safe_get_full_optimizer_state
+
+    if hasattr(param, "ds_id") or _in_partitioned_optimizer(param):
+        state = safe_get_full_optimizer_state(param, key)
+        return None if state is None else state.detach().to("cpu", copy=True)
+    state = optimizer.state.get(param, {}).get(key) if optimizer is not None else None
+    return None if state is None else state.detach().to("cpu", copy=True)
+
+
+def _in_partitioned_optimizer(param: torch.nn.Parameter) -> bool:
+    # ZeRO-1/2 give every trainable parameter an _hp_mapping attribute (None where another rank owns it).
+    return hasattr(param, "_hp_mapping")
