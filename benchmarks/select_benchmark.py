@@ -111,8 +111,9 @@ def main() -> None:
     report = {
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
-        "uncommitted_changes": bool(subprocess.run(["git", "status", "--porcelain", "sparse_dist", "benchmarks"],
-                                                   capture_output=True, text=True).stdout.strip()),
+        "uncommitted_changes": bool(subprocess.run(
+            ["git", "status", "--porcelain", "--", "sparse_dist", "benchmarks", ":!benchmarks/results"],
+            capture_output=True, text=True).stdout.strip()),
         "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
         "world_size": WORLD_SIZE, "keep_fraction": KEEP_FRACTION, "results": rows,
     }
