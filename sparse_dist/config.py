@@ -55,6 +55,9 @@ class ModelConfig:
     """Override every dropout probability of the model (None keeps the checkpoint's values)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
+    head: Literal["auto", "classifier", "label_words"] = "auto"
+    """Encoder head: a new classifier, or the frozen masked-LM head read at the first token and restricted to
+    the task's label words (auto: label_words for SMP, classifier otherwise; T5 always uses its LM head)."""
 
 
 @dataclass
@@ -165,10 +168,46 @@ class MetricsConfig:
 
 @dataclass
 class PruningConfig:
-    """Pruning method and its schedule (filled in by the pruning methods)."""
+    """Pruning method, its scope and its schedule (see ../shared/docs/METHODS.md)."""
 
-    method: Literal["none"] = "none"
-    """Pruning method; 'none' trains the dense model."""
+    method: Literal["none", "magnitude", "movement", "soft_movement", "smp"] = "none"
+    """none (dense fine-tuning), magnitude, movement, soft_movement, or smp (static model pruning)."""
+    scope: Literal["local", "per_type", "global"] = "global"
+    """Where the top-k is taken: per matrix, per matrix type (for smp: SMP-S budgets), or over all."""
+    target_remaining: float = 0.1
+    """Fraction of prunable weights kept at the end of the ramp (sparsity = 1 - target_remaining)."""
+    schedule: Literal["cubic", "linear"] = "cubic"
+    """Shape of the remaining-fraction ramp."""
+    initial_warmup_steps: int = 0
+    """Steps before pruning starts (remaining stays 1)."""
+    final_warmup_steps: int = 0
+    """Steps at the end with the target remaining fraction reached."""
+    prune_every_steps: int = 1
+    """Mask update interval during the ramp for magnitude (learned-score methods update every step)."""
+    score_lr: float = 1.0e-2
+    """Learning rate of the mask scores (movement, soft_movement, smp)."""
+    score_init: float = 0.0
+    """Initial value of every mask score."""
+    temperature: float = 1.0
+    """Temperature p of sigmoid(S / p) in SMP-S budgets and in the sigmoid-mass regulariser."""
+    regularizer_lambda: float = 0.0
+    """Final weight of the sigmoid-mass regulariser (soft_movement and smp; the papers use 400)."""
+    soft_threshold: float = 0.1
+    """Final sigmoid threshold tau of soft movement (ramped from 0 with the schedule)."""
+
+
+@dataclass
+class DistillConfig:
+    """Knowledge distillation from an external teacher (any method)."""
+
+    teacher: str | None = None
+    """A model fine-tuned on the task (hub name or directory); None disables distillation."""
+    alpha_ce: float = 0.5
+    """Weight of the task loss."""
+    alpha_kd: float = 0.5
+    """Weight of the distillation loss T^2 KL(teacher || student)."""
+    temperature: float = 2.0
+    """Softmax temperature T."""
 
 
 @dataclass
@@ -185,6 +224,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     world_size: int = field(default=1, metadata={"derived": True})
     """Number of ranks, taken from the launcher's environment (not a YAML key)."""
 
@@ -377,6 +417,36 @@ def validate(config: RunConfig) -> None:
     _require(m.log_every_steps >= 1, "metrics.log_every_steps", "must be >= 1", m.log_every_steps)
     dropout = config.model.dropout
     _require(dropout is None or 0 <= dropout < 1, "model.dropout", "must be in [0, 1) or null", dropout)
+    _validate_pruning(config.pruning, config.training.max_steps)
+    if config.model.head == "auto":
+        config.model.head = "label_words" if config.pruning.method == "smp" else "classifier"
+    _require(not (config.pruning.method == "smp" and config.model.head == "classifier"), "model.head",
+             "smp keeps the pretrained head frozen and needs label_words", config.model.head)
+    k = config.distill
+    _require(k.alpha_ce >= 0 and k.alpha_kd >= 0, "distill.alpha_kd", "weights must be >= 0", (k.alpha_ce, k.alpha_kd))
+    _require(k.temperature > 0, "distill.temperature", "must be > 0", k.temperature)
+
+
+_SCOPES = {"magnitude": ("local", "global"), "movement": ("local", "per_type", "global"),
+           "soft_movement": ("global",), "smp": ("local", "per_type")}
+
+
+def _validate_pruning(p: PruningConfig, max_steps: int) -> None:
+    if p.method == "none":
+        return
+    _require(p.scope in _SCOPES[p.method], "pruning.scope", f"{p.method} supports {', '.join(_SCOPES[p.method])}",
+             p.scope)
+    _require(0 < p.target_remaining <= 1, "pruning.target_remaining", "must be in (0, 1]", p.target_remaining)
+    _require(p.initial_warmup_steps >= 0, "pruning.initial_warmup_steps", "must be >= 0", p.initial_warmup_steps)
+    _require(p.final_warmup_steps >= 0, "pruning.final_warmup_steps", "must be >= 0", p.final_warmup_steps)
+    _require(p.initial_warmup_steps + p.final_warmup_steps < max_steps, "pruning.final_warmup_steps",
+             f"initial + final warm-up must leave a ramp before training.max_steps={max_steps}",
+             p.initial_warmup_steps + p.final_warmup_steps)
+    _require(p.prune_every_steps >= 1, "pruning.prune_every_steps", "must be >= 1", p.prune_every_steps)
+    _require(p.score_lr > 0, "pruning.score_lr", "must be > 0", p.score_lr)
+    _require(p.temperature > 0, "pruning.temperature", "must be > 0", p.temperature)
+    _require(p.regularizer_lambda >= 0, "pruning.regularizer_lambda", "must be >= 0", p.regularizer_lambda)
+    _require(0 <= p.soft_threshold < 1, "pruning.soft_threshold", "must be in [0, 1)", p.soft_threshold)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -27,12 +27,15 @@ from sparse_dist.config import OptimizerConfig, RunConfig, dump_config
 from sparse_dist.data.sampler import TrainBatchSampler
 from sparse_dist.data.task_data import build_task_data, build_train_loader
 from sparse_dist.data.tasks import get_task
+from sparse_dist.distributed.comm import TorchCommunicator
 from sparse_dist.distributed.deepspeed_config import build_deepspeed_config, resolve_precision
 from sparse_dist.distributed.env import DistEnv, main_process_first
-from sparse_dist.distributed.gather import full_shape, gather_state_dict
+from sparse_dist.distributed.gather import full_shape
 from sparse_dist.evaluation import Evaluator
 from sparse_dist.models.build import build_model, count_parameters
 from sparse_dist.observe import build_metrics_logger, build_progress_bar, memory_gib
+from sparse_dist.pruning.build import build_pruner
+from sparse_dist.pruning.export import export_mask_artifact, export_pruned_model
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +50,24 @@ class TrainResult:
     evals: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     best_metric: float | None = None
     final_metrics: dict[str, float] = field(default_factory=dict)
+    sparsity: dict[str, float] = field(default_factory=dict)
+    """Achieved remaining fraction and sparsity of the prunable weights (empty for dense runs)."""
     wall_time_s: float = 0.0
 
 
-def build_param_groups(model: torch.nn.Module, optimizer: OptimizerConfig) -> list[dict[str, Any]]:
-    """AdamW groups: weight decay on matrices, none on biases and normalisation weights."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
+def build_param_groups(model: torch.nn.Module, optimizer: OptimizerConfig, score_lr: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on matrices, none on biases and norms; mask scores at their own rate."""
+    decay, no_decay, scores = [], [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name.endswith(".scores"):
+            scores.append(param)
+        else:
             (decay if len(full_shape(param)) >= 2 else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": optimizer.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+              {"params": no_decay, "weight_decay": 0.0},
+              {"params": scores, "weight_decay": 0.0, "lr": score_lr}]
     return [g for g in groups if g["params"]]
 
 
@@ -82,10 +92,14 @@ class Trainer:
         self.ds_config = build_deepspeed_config(config.training, config.optimizer, config.zero, env.world_size,
                                                 self.precision, on_gpu)
         self.task = get_task(config.data.task)
+        self.comm = TorchCommunicator()
         self.built = build_model(config.model, self.task, self.ds_config, config.job.seed)
+        self.pruner = build_pruner(config.pruning, self.built.pretrained, config.training.max_steps, self.comm)
+        self.pruner.prepare(self.built.model)
         with main_process_first(env):
             self.task_data = build_task_data(config.data, self.task, self.built.tokenizer, self.built.kind)
         self.engine = self._build_engine()
+        self.pruner.attach(self.engine)
         self.evaluator = Evaluator(self.task_data, config.eval, env, self.built.tokenizer, config.zero.stage)
         self.metrics = build_metrics_logger(self.run_dir, config.metrics.tensorboard, env.is_main)
         signature = {"model": config.model.name_or_path, "task": config.data.task, "zero_stage": config.zero.stage}
@@ -109,8 +123,8 @@ class Trainer:
             return LambdaLR(opt, lambda step: lr_multiplier(step, optimizer.warmup_steps, max_steps,
                                                             optimizer.schedule))
 
-        engine, _, _, _ = deepspeed.initialize(model=self.built.model,
-                                               model_parameters=build_param_groups(self.built.model, optimizer),
+        groups = build_param_groups(self.built.model, optimizer, self.config.pruning.score_lr)
+        engine, _, _, _ = deepspeed.initialize(model=self.built.model, model_parameters=groups,
                                                config=self.ds_config, lr_scheduler=scheduler)
         return engine
 
@@ -119,8 +133,8 @@ class Trainer:
     def train(self) -> TrainResult:
         """Run (or finish) training; returns the same result on every rank. All ranks call."""
         start_time = time.perf_counter()
-        if self.config.checkpoint.resume:
-            self._resume()
+        if not (self.config.checkpoint.resume and self._resume()):
+            self.pruner.start()
         max_steps = self.config.training.max_steps
         sampler = TrainBatchSampler(len(self.task_data.train), self.config.training.global_batch_size,
                                     self.config.training.micro_batch_size, self.env.rank, self.env.world_size,
@@ -149,7 +163,8 @@ class Trainer:
         self.result.final_metrics = self.evaluate()
         self.save_checkpoint()
         if self.config.checkpoint.save_final_model:
-            self.export_model(self.run_dir / "final")
+            self.export(self.run_dir / "final")
+        self.result.sparsity = self.pruner.achieved()
         self.result.steps = self.step
         self.result.wall_time_s = time.perf_counter() - start_time
         self.metrics.close()
@@ -157,14 +172,18 @@ class Trainer:
         return self.result
 
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
-        """One optimizer step over this rank's micro-batches; returns the mean micro-batch loss."""
+        """One optimizer step over this rank's micro-batches, then the pruner's step; returns the mean
+        micro-batch task loss."""
+        step = self.step + 1
         total = torch.zeros((), device=self.env.device, dtype=torch.float32)
         for batch in micro_batches:
             batch = {key: value.to(self.env.device) for key, value in batch.items()}
-            loss = self.engine(**batch).loss
+            task_loss = self.engine(**batch).loss
+            loss = task_loss + sum(self.pruner.loss_terms(step).values())
             self.engine.backward(loss)
             self.engine.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
-            total += loss.detach().float()
+            total += task_loss.detach().float()
+        self.pruner.step(step)
         return total / len(micro_batches)
 
     def _due(self, every: int) -> bool:
@@ -190,9 +209,11 @@ class Trainer:
         grad_norm = self.engine.get_global_grad_norm()
         if grad_norm is not None and math.isfinite(float(grad_norm)):
             scalars["train/grad_norm"] = float(grad_norm)
+        scalars.update(self.pruner.report())
         self.metrics.log(scalars, self.step)
-        log.info("step %d/%d loss %.4f lr %.3g %.1f samples/s", self.step, self.config.training.max_steps, loss,
-                 scalars["train/lr"], samples_per_s)
+        remaining = f" remaining {scalars['prune/remaining']:.3f}" if "prune/remaining" in scalars else ""
+        log.info("step %d/%d loss %.4f lr %.3g %.1f samples/s%s", self.step, self.config.training.max_steps, loss,
+                 scalars["train/lr"], samples_per_s, remaining)
         return loss
 
     def evaluate(self) -> dict[str, float]:
@@ -215,32 +236,44 @@ class Trainer:
                  f"{self.result.steps} steps, {self.env.world_size} rank(s), ZeRO-{self.config.zero.stage}",
                  f"  dev (final): {final}",
                  f"  dev (best {self.evaluator.primary_metric}): {self.result.best_metric:.4f}",
+                 *([f"  sparsity: {self.result.sparsity['sparsity']:.2%} of prunable weights pruned "
+                    f"({self.result.sparsity['remaining']:.2%} remaining)"] if self.result.sparsity else []),
                  f"  wall time: {self.result.wall_time_s:.1f} s; outputs in {self.run_dir}"]
         print("\n".join(lines), flush=True)
 
     # --- persistence ------------------------------------------------------------------------------
 
     def _trainer_state(self) -> dict[str, Any]:
-        return {"step": self.step, "rng": rng_state(), "result": self.result,
+        return {"step": self.step, "rng": rng_state(), "result": self.result, "pruner": self.pruner.state_dict(),
                 "loss_sum": self._loss_sum.clone(), "loss_count": self._loss_count}
 
     def save_checkpoint(self) -> None:
         self.checkpointer.save(self.engine, self.step, self._trainer_state())
 
-    def _resume(self) -> None:
+    def _resume(self) -> bool:
+        """Restore the latest checkpoint if there is one; True if a run was resumed."""
         restored = self.checkpointer.load_latest(self.engine)
         if restored is None:
-            return
+            return False
         self.step, state = restored
         set_rng_state(state["rng"])
         self.result = state["result"]
+        self.pruner.load_state_dict(state["pruner"])
         self._loss_sum, self._loss_count = state["loss_sum"], state["loss_count"]
+        return True
 
     def export_model(self, directory: Path) -> None:
-        """Write a plain transformers model (save_pretrained) and its tokenizer. All ranks call."""
-        state = gather_state_dict(self.engine.module, keep=self.env.is_main)
-        if self.env.is_main:
-            self.engine.module.save_pretrained(directory, state_dict=state)
-            self.built.tokenizer.save_pretrained(directory)
-            log.info("final model written to %s", directory)
-        dist.barrier()
+        """Write a plain transformers model (masks folded in), its tokenizer and sparsity report. All ranks call."""
+        export_pruned_model(self.built, self.pruner, directory, self.comm, self.env.is_main)
+
+    def export(self, directory: Path) -> None:
+        """Everything worth keeping: the pruned model in ``directory/model`` and, for SMP, the mask-only
+        artifact in ``directory/mask``. All ranks call."""
+        self.export_model(directory / "model")
+        if self.config.pruning.method == "smp":
+            export_mask_artifact(self.built, self.pruner, directory / "mask", self.comm, self.env.is_main,
+                                 base=self.config.model.name_or_path, seed=self.config.job.seed)
+
+    def restore(self) -> bool:
+        """Load the latest checkpoint of the run directory (for export or evaluation). All ranks call."""
+        return self._resume()

@@ -42,8 +42,8 @@ def test_deepspeed_launcher_zero3_tiny_t5(tmp_path, data_dir):
         assert tag in tags, f"missing TensorBoard tag {tag}"
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    model = AutoModelForSeq2SeqLM.from_pretrained(run_dir / "final")
-    tokenizer = AutoTokenizer.from_pretrained(run_dir / "final")
+    model = AutoModelForSeq2SeqLM.from_pretrained(run_dir / "final" / "model")
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "final" / "model")
     ids = tokenizer("translate triples to text: Aarhus | leaderName | Jacob Bundsgaard", return_tensors="pt")
     assert model.generate(**ids, max_new_tokens=4).shape[0] == 1
 
@@ -54,5 +54,5 @@ def test_torchrun_zero2_tiny_bert(tmp_path, data_dir):
                    "--config", "configs/tiny_bert_sst2.yaml", f"job.run_dir={run_dir}", f"data.local_dir={data_dir}",
                    "zero.stage=2", "metrics.progress_bar=false"])
     assert "2 rank(s), ZeRO-2" in done.stdout
-    assert (run_dir / "config.yaml").is_file() and (run_dir / "final" / "model.safetensors").is_file()
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "final" / "model" / "model.safetensors").is_file()
     assert scalar_tags(run_dir)["eval/accuracy"] == [4, 8]

@@ -11,12 +11,21 @@ from dataclasses import dataclass
 import torch
 
 _BIT_VALUES = {}
+_POPCOUNT = {}
 
 
 def _bit_values(device: torch.device) -> torch.Tensor:
     if device not in _BIT_VALUES:
         _BIT_VALUES[device] = torch.tensor([1 << j for j in range(8)], dtype=torch.uint8, device=device)
     return _BIT_VALUES[device]
+
+
+def popcount(bits: torch.Tensor) -> int:
+    """Number of set bits in a uint8 tensor (a 256-entry table, on the tensor's device)."""
+    if bits.device not in _POPCOUNT:
+        _POPCOUNT[bits.device] = torch.tensor([bin(b).count("1") for b in range(256)], dtype=torch.int64,
+                                              device=bits.device)
+    return int(_POPCOUNT[bits.device][bits.long()].sum()) if bits.numel() else 0
 
 
 @dataclass
@@ -45,8 +54,12 @@ class PackedMask:
         return spread.reshape(-1)[: self.numel]
 
     def count(self) -> int:
-        """Number of set bits (kept weights)."""
-        return int(self.unpack().sum())
+        """Number of set bits (kept weights); padding bits are always 0."""
+        return popcount(self.bits)
+
+    def flips(self, other: PackedMask) -> int:
+        """Number of elements on which two masks of the same size differ."""
+        return popcount(self.bits ^ other.bits)
 
     @property
     def nbytes(self) -> int:

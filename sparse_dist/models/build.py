@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from transformers import (
     AutoConfig,
+    AutoModelForMaskedLM,
     AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -31,6 +32,7 @@ from transformers import logging as hf_logging
 from sparse_dist.config import ModelConfig
 from sparse_dist.data.encode import ModelKind
 from sparse_dist.data.tasks import TaskSpec
+from sparse_dist.models.label_words import build_label_word_classifier
 from sparse_dist.models.tiny import tiny_checkpoint, tiny_model_names
 
 log = logging.getLogger(__name__)
@@ -46,13 +48,18 @@ _DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classif
 
 @dataclass
 class BuiltModel:
-    model: PreTrainedModel
+    model: torch.nn.Module
+    """What is trained: a transformers model, or SMP's label-word classifier around one."""
     tokenizer: PreTrainedTokenizerBase
     kind: ModelKind
     source: str
     """Directory or hub name the weights were loaded from."""
     zero3_integration: Any = None
     """Keeps transformers' ZeRO-3 integration alive for the model's lifetime (None below ZeRO-3)."""
+    pretrained: PreTrainedModel | None = None
+    """The transformers model whose weights are trained or pruned (what an export writes)."""
+    new_weights: tuple[str, ...] = ()
+    """Names of the weights initialised here because the checkpoint lacked them."""
 
 
 def resolve_model_source(name_or_path: str) -> str:
@@ -105,15 +112,22 @@ def build_model(model_cfg: ModelConfig, task: TaskSpec, deepspeed_config: dict[s
     # The integration is process-global: clear any left by an earlier model, set it only for ZeRO-3.
     unset_hf_deepspeed_config()
     integration = HfDeepSpeedConfig(deepspeed_config) if deepspeed_config["zero_optimization"]["stage"] == 3 else None
-    model_class = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForSequenceClassification
+    label_words = kind == "encoder" and model_cfg.head == "label_words"
+    if kind == "seq2seq":
+        model_class = AutoModelForSeq2SeqLM
+    else:
+        model_class = AutoModelForMaskedLM if label_words else AutoModelForSequenceClassification
     with torch.random.fork_rng(devices=[]), _quiet_transformers():
         torch.manual_seed(seed)
-        model, info = model_class.from_pretrained(source, config=config, output_loading_info=True)
-    if info.get("missing_keys"):
-        log.info("newly initialised (not in the checkpoint): %s", ", ".join(sorted(info["missing_keys"])))
+        pretrained, info = model_class.from_pretrained(source, config=config, output_loading_info=True)
+        missing = tuple(sorted(info.get("missing_keys", ())))
+        model = build_label_word_classifier(pretrained, tokenizer, task) if label_words else pretrained
+    if missing:
+        log.info("newly initialised (not in the checkpoint): %s", ", ".join(missing))
     if model_cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    return BuiltModel(model=model, tokenizer=tokenizer, kind=kind, source=source, zero3_integration=integration)
+        pretrained.gradient_checkpointing_enable()
+    return BuiltModel(model=model, tokenizer=tokenizer, kind=kind, source=source, zero3_integration=integration,
+                      pretrained=pretrained, new_weights=missing)
 
 
 @contextlib.contextmanager

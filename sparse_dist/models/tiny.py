@@ -25,12 +25,14 @@ _HIDDEN, _LAYERS, _HEADS, _FFN, _POSITIONS = 32, 2, 2, 64, 256
 # Every label word of every task, and enough common words that real sentences tokenize into
 # something other than characters. Characters are always in the vocabulary, so nothing is unknown.
 _WORDS = """
+Yes No Maybe
 the a an and or of to in on at for with by from is are was were be been it its this that these those
 he she they we you i his her their our not no yes true false good bad great terrible positive negative
 acceptable unacceptable equivalent not_equivalent duplicate not_duplicate entailment not_entailment
 neutral contradiction correct incorrect sentence sentence1 sentence2 question question1 question2
 premise hypothesis translate triples text to movie film story one two three city airport country
 """.split()
+_LABEL_WORDS = ["terrible", "great", "Yes", "No", "Maybe", "correct", "incorrect"]
 _PUNCTUATION = list(".,;:!?'\"()-_/&|%$#@*+=<>[]{}")
 _CHARS = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)] + _PUNCTUATION
 
@@ -92,11 +94,21 @@ def _roberta():
     from transformers import RobertaConfig, RobertaForMaskedLM, RobertaTokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-    # Byte-level BPE without merges: every byte is a token, so any text encodes.
+    # Byte-level BPE: every byte is a token, so any text encodes; merges build the label words (with and
+    # without a leading space) into single tokens, as a real vocabulary has them.
     specials = ["<s>", "<pad>", "</s>", "<unk>"]
-    vocab = {token: i for i, token in enumerate([*specials, *bytes_to_unicode().values()])}
+    tokens = [*specials, *bytes_to_unicode().values()]
+    merges = []
+    # Space-prefixed words first: earlier merges take priority, and " Yes" must not become "Ġ" + "Yes".
+    for word in ["\u0120" + w for w in _LABEL_WORDS] + _LABEL_WORDS:
+        for end in range(2, len(word) + 1):
+            merge = (word[:end - 1], word[end - 1])
+            if merge not in merges:
+                merges.append(merge)
+                tokens.append(word[:end])
+    vocab = {token: i for i, token in enumerate(dict.fromkeys(tokens))}
     vocab["<mask>"] = len(vocab)
-    tokenizer = RobertaTokenizer(vocab=vocab, merges=[])
+    tokenizer = RobertaTokenizer(vocab=vocab, merges=merges)
     config = RobertaConfig(vocab_size=len(vocab), hidden_size=_HIDDEN, num_hidden_layers=_LAYERS,
                            num_attention_heads=_HEADS, intermediate_size=_FFN,
                            max_position_embeddings=_POSITIONS + 2, pad_token_id=1, bos_token_id=0, eos_token_id=2)

@@ -1,0 +1,113 @@
+"""SMP's classifier: the pretrained masked-LM head, read at the first token, restricted to label words.
+
+For a task whose classes are spoken by label words (SST-2: terrible / great, RTE: Yes / No, ...), the
+class logits are the masked-LM logits of those words at the first token: encoder, then the LM head's
+transform (dense, activation, LayerNorm), then the rows of the (tied) decoder for the label words and
+their biases. Nothing here is trained in SMP. A regression task (STS-B) reads the logit of its one word.
+
+Where a checkpoint has no pretrained MLM transform (sentence-transformers models such as
+all-MiniLM-L6-v2 ship the encoder only), transformers initialises one; it is kept frozen like the rest,
+from the run's seed, and the export writes it out, so an exported model scores exactly as in training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import deepspeed
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from sparse_dist.data.tasks import TaskSpec
+from sparse_dist.distributed.gather import is_partitioned
+
+log = logging.getLogger(__name__)
+
+
+def label_word_ids(tokenizer: PreTrainedTokenizerBase, words: tuple[str, ...]) -> list[int]:
+    """The vocabulary id of each label word; an error if a word is not a single token."""
+    ids = []
+    for word in words:
+        pieces = tokenizer(" " + word if _needs_space(tokenizer) else word, add_special_tokens=False)["input_ids"]
+        if len(pieces) != 1:
+            tokens = tokenizer.convert_ids_to_tokens(pieces)
+            raise ValueError(f"label word {word!r} is {len(pieces)} tokens {tokens} in this vocabulary; "
+                             "SMP's head needs single-token label words")
+        ids.append(pieces[0])
+    return ids
+
+
+def _needs_space(tokenizer: PreTrainedTokenizerBase) -> bool:
+    # Byte-level BPE (RoBERTa) spells a word after a space differently; the label word follows [CLS] text.
+    return type(tokenizer).__name__.startswith(("Roberta", "GPT2"))
+
+
+class LabelWordClassifier(torch.nn.Module):
+    """Encoder + masked-LM transform + the label words' decoder rows, as a sequence classifier."""
+
+    def __init__(self, mlm: PreTrainedModel, word_ids: list[int], regression: bool):
+        super().__init__()
+        self.config = mlm.config
+        self.base_model_prefix = mlm.base_model_prefix
+        self.encoder = getattr(mlm, mlm.base_model_prefix)
+        head = mlm.cls.predictions if hasattr(mlm, "cls") else mlm.lm_head
+        self.transform = head.transform if hasattr(head, "transform") else _RobertaTransform(head)
+        decoder, bias = head.decoder, head.bias
+        with deepspeed.zero.GatheredParameters([decoder.weight, bias], enabled=is_partitioned(decoder.weight)):
+            rows = decoder.weight.detach()[word_ids].clone()
+            row_bias = bias.detach()[word_ids].clone()
+        # Under ZeRO-3 the new head must be partitioned like every other parameter: build it inside
+        # zero.Init with the model's own ZeRO-3 config (remote_device follows the parameter offload).
+        partitioned = is_partitioned(decoder.weight)
+        with deepspeed.zero.Init(config_dict_or_path=_zero3_config()) if partitioned else contextlib.nullcontext():
+            self.label_head = torch.nn.Linear(rows.shape[1], rows.shape[0])
+        with deepspeed.zero.GatheredParameters(list(self.label_head.parameters()), modifier_rank=0,
+                                               enabled=is_partitioned(decoder.weight)):
+            with torch.no_grad():
+                self.label_head.weight.copy_(rows)
+                self.label_head.bias.copy_(row_bias)
+        self.word_ids = list(word_ids)
+        self.regression = regression
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kwargs):
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids
+        hidden = self.encoder(**inputs).last_hidden_state[:, 0]
+        logits = self.label_head(self.transform(hidden))
+        loss = None
+        if labels is not None:
+            if self.regression:
+                loss = torch.nn.functional.mse_loss(logits.squeeze(-1).float(), labels.float())
+            else:
+                loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+class _RobertaTransform(torch.nn.Module):
+    """RoBERTa's LM head transform (dense, GELU, LayerNorm), as a module of its own."""
+
+    def __init__(self, lm_head: torch.nn.Module):
+        super().__init__()
+        self.dense = lm_head.dense
+        self.layer_norm = lm_head.layer_norm
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.layer_norm(torch.nn.functional.gelu(self.dense(hidden)))
+
+
+def _zero3_config():
+    from transformers.integrations.deepspeed import deepspeed_config
+
+    return deepspeed_config()
+
+
+def build_label_word_classifier(mlm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                                task: TaskSpec) -> LabelWordClassifier:
+    if not task.label_words:
+        raise ValueError(f"task {task.name} has no label words; SMP's label-word head needs them")
+    ids = label_word_ids(tokenizer, task.label_words)
+    log.info("label-word head: %s -> token ids %s", ", ".join(task.label_words), ids)
+    return LabelWordClassifier(mlm, ids, regression=task.kind == "regression")

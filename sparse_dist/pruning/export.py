@@ -1,0 +1,170 @@
+"""Exporting a pruned model: a plain transformers model, or (for SMP) just the mask.
+
+:func:`export_pruned_model` folds every mask into its weight and writes the transformers model with
+``save_pretrained`` (no sparse_dist needed to load it), the tokenizer, and ``sparsity.json`` (kept
+weights per matrix, type and layer). Parameters are gathered one at a time into host memory on rank 0,
+so a ZeRO-3 model is exported without any rank holding it whole in accelerator memory. A label-word
+model (SMP on an encoder) is written as the masked-LM model it wraps, with ``label_words.json``: the
+class logits are that model's logits at the first token for those token ids.
+
+:func:`export_mask_artifact` writes what SMP actually learns: one bit per prunable weight
+(``mask.safetensors``, packed per matrix), the base model's name and a SHA-256 of its prunable
+weights. :func:`load_mask_artifact` rebuilds the pruned model from the base model and the mask, and
+refuses a base model whose weights do not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+
+from sparse_dist.distributed.bitmask import PackedMask
+from sparse_dist.distributed.comm import Communicator
+from sparse_dist.distributed.gather import iter_full_parameters
+from sparse_dist.distributed.masking import gather_full_mask
+from sparse_dist.pruning.sites import Site
+
+log = logging.getLogger(__name__)
+
+MASK_FILE = "mask.safetensors"
+MASK_META = "mask.json"
+
+
+def full_masks(pruner, comm: Communicator) -> dict[str, torch.Tensor]:
+    """Every site's whole mask (flat bool), on every rank. All ranks call."""
+    return {site.name: gather_full_mask(fragment, mask, comm).cpu()
+            for site, fragment, mask in zip(pruner.sites, pruner.fragments, pruner.masks)}
+
+
+def sparsity_report(sites: Sequence[Site], masks: dict[str, torch.Tensor]) -> dict:
+    """Kept weights per matrix, per type, per layer and overall (over the prunable matrices)."""
+    by_kind, by_layer = defaultdict(lambda: [0, 0]), defaultdict(lambda: [0, 0])
+    matrices = {}
+    for site in sites:
+        kept = int(masks[site.name].sum())
+        matrices[site.name] = {"kept": kept, "total": site.numel, "type": site.kind, "layer": site.layer}
+        for table, key in ((by_kind, site.kind), (by_layer, site.layer)):
+            table[key][0] += kept
+            table[key][1] += site.numel
+    kept, total = sum(m["kept"] for m in matrices.values()), sum(s.numel for s in sites)
+    return {"prunable_weights": total, "kept": kept, "remaining": kept / total, "sparsity": 1 - kept / total,
+            "per_type": {k: {"kept": a, "total": b, "remaining": a / b} for k, (a, b) in by_kind.items()},
+            "per_layer": {k: {"kept": a, "total": b, "remaining": a / b} for k, (a, b) in by_layer.items()},
+            "matrices": matrices}
+
+
+def export_pruned_model(built, pruner, directory: Path, comm: Communicator, is_main: bool) -> dict | None:
+    """Write the pruned model as a plain transformers model with masks folded in. All ranks call.
+
+    Returns the sparsity report on rank 0 (None elsewhere).
+    """
+    directory = Path(directory)
+    masks = full_masks(pruner, comm) if pruner.sites else {}
+    weights = {f"{name}.weight": name for name in masks}
+    state = {}
+    for name, tensor in iter_full_parameters(built.pretrained, keep=is_main):
+        if name.endswith(".scores"):
+            continue
+        if is_main:
+            if name in weights:
+                tensor = tensor.reshape(-1).masked_fill(~masks[weights[name]], 0).view_as(tensor)
+            state[name] = tensor
+    report = None
+    if is_main:
+        persistent = set(built.pretrained.state_dict().keys())
+        for name, buffer in built.pretrained.named_buffers():
+            if name in persistent:
+                state[name] = buffer.detach().to("cpu", copy=True)
+        built.pretrained.save_pretrained(directory, state_dict=state)
+        built.tokenizer.save_pretrained(directory)
+        if hasattr(built.model, "word_ids"):
+            (directory / "label_words.json").write_text(json.dumps(
+                {"label_word_ids": built.model.word_ids, "position": 0, "regression": built.model.regression}))
+        if pruner.sites:
+            report = sparsity_report(pruner.sites, masks)
+            (directory / "sparsity.json").write_text(json.dumps(report, indent=1))
+        log.info("pruned model written to %s", directory)
+    dist.barrier()
+    return report
+
+
+def prunable_weights_digest(model: torch.nn.Module, sites: Sequence[Site], keep: bool = True) -> str | None:
+    """SHA-256 of the prunable weights (fp32, in site order). All ranks call under ZeRO-3."""
+    wanted = {f"{s.name}.weight" for s in sites}
+    digest = hashlib.sha256()
+    found = {}
+    for name, tensor in iter_full_parameters(model, keep=keep):
+        if name in wanted and keep:
+            found[name] = tensor
+    if not keep:
+        return None
+    for site in sites:
+        tensor = found[f"{site.name}.weight"].contiguous()
+        digest.update(site.name.encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def export_mask_artifact(built, pruner, directory: Path, comm: Communicator, is_main: bool, base: str,
+                         seed: int) -> None:
+    """Write the masks (1 bit per prunable weight) and what identifies the base model. All ranks call."""
+    directory = Path(directory)
+    masks = full_masks(pruner, comm)
+    digest = prunable_weights_digest(built.pretrained, pruner.sites, keep=is_main)
+    if is_main:
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({name: PackedMask.pack(mask).bits.cpu() for name, mask in masks.items()},
+                  str(directory / MASK_FILE))
+        meta = {"base_model": base, "base_class": type(built.pretrained).__name__, "weights_sha256": digest,
+                "seed": seed, "sites": {s.name: {"shape": list(s.shape), "type": s.kind} for s in pruner.sites},
+                "label_word_ids": getattr(built.model, "word_ids", None),
+                "remaining": sparsity_report(pruner.sites, masks)["remaining"]}
+        (directory / MASK_META).write_text(json.dumps(meta, indent=1))
+        log.info("mask artifact (%d KiB) written to %s", (directory / MASK_FILE).stat().st_size // 1024, directory)
+    dist.barrier()
+
+
+class BaseModelMismatch(ValueError):
+    """The base model given to a mask artifact is not the one it was learned on."""
+
+
+def load_mask_artifact(directory: str | Path, base: str | None = None) -> torch.nn.Module:
+    """The pruned model: the base model (the artifact's own, or ``base``) with the mask applied.
+
+    Raises :class:`BaseModelMismatch` if the base model's prunable weights differ from those the mask
+    was learned on. Single process, no DeepSpeed.
+    """
+    import transformers
+
+    from sparse_dist.models.build import resolve_model_source
+    from sparse_dist.pruning.sites import find_sites
+
+    directory = Path(directory)
+    meta = json.loads((directory / MASK_META).read_text())
+    source = resolve_model_source(base or meta["base_model"])
+    model_class = getattr(transformers, meta["base_class"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(meta["seed"])  # heads the checkpoint lacks are initialised as in training
+        model = model_class.from_pretrained(source)
+    sites = [s for s in find_sites(model) if s.name in meta["sites"]]
+    if [s.name for s in sites] != list(meta["sites"]):
+        raise BaseModelMismatch(f"{source}: its prunable matrices are not those of the mask in {directory}")
+    digest = prunable_weights_digest(model, sites)
+    if digest != meta["weights_sha256"]:
+        raise BaseModelMismatch(f"{source} is not the base model of the mask in {directory}: its prunable weights "
+                                f"hash to {digest[:12]}..., the mask was learned on {meta['weights_sha256'][:12]}...")
+    packed = load_file(str(directory / MASK_FILE))
+    with torch.no_grad():
+        for site in sites:
+            weight = model.get_submodule(site.name).weight
+            mask = PackedMask(packed[site.name], weight.numel()).unpack().view_as(weight)
+            weight.masked_fill_(~mask, 0)
+    return model

@@ -1,0 +1,135 @@
+"""Methods that learn a score per weight: movement, soft movement, and SMP (SMP-L and SMP-S).
+
+Every prunable linear layer becomes a :class:`~sparse_dist.pruning.masked_linear.MaskedLinear` with
+scores initialised to ``score_init`` and trained by Adam at ``score_lr``.
+
+- movement: weights are trained too; the mask is the top-k of the scores (local, per type or global)
+  at the schedule's remaining fraction, recomputed every step.
+- smp: every pretrained weight and the head are frozen, only the scores train; SMP-L takes the top-k
+  per matrix, SMP-S per matrix with budgets from the sigmoid mass of each type (see
+  :mod:`~sparse_dist.pruning.scopes`). The regulariser ``lambda_t R(S)`` with
+  ``lambda_t = lambda (1 - (1 - t/T)^3)`` pushes the sigmoid mass down.
+- soft_movement: no top-k; a weight is kept where sigmoid(S) > tau, tau ramped from 0 to
+  ``soft_threshold`` with the schedule, and the regulariser's lambda ramped the same way.
+
+``R(S)`` is the mean over matrices of mean(sigmoid(S / p)), computed inside each layer's forward pass
+(where ZeRO-3 has the full scores) so that it is differentiable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import deepspeed
+import torch
+
+from sparse_dist.distributed.bitmask import PackedMask
+from sparse_dist.distributed.fragments import build_fragments
+from sparse_dist.distributed.gather import is_partitioned
+from sparse_dist.pruning.masked_linear import MaskedLinear, _logit
+from sparse_dist.pruning.pruner import Pruner
+from sparse_dist.pruning.scopes import sigmoid_mass, smp_budgets, uniform_ks
+
+
+class LearnedScorePruner(Pruner):
+    """movement and smp: top-k of learned scores, every step."""
+
+    every_step_after_ramp = True
+
+    def selection_scope(self) -> str:
+        # SMP-S selects within each matrix; its per-type coupling is the budget, not the selection group.
+        return "local" if self.config.method == "smp" and self.config.scope == "per_type" else self.config.scope
+
+    def prepare(self, trained: torch.nn.Module) -> None:
+        self.layers = replace_with_masked(self.pretrained, self.sites, self.config.score_init, self.config.temperature)
+        for layer in self.layers:
+            layer.mode = "threshold"
+            layer.track_sigmoid_mass = self.config.regularizer_lambda > 0
+        if self.config.method == "smp":  # weights, embeddings, norms and the head stay as pretrained
+            for name, param in trained.named_parameters():
+                param.requires_grad = name.endswith(".scores")
+
+    def attach(self, engine) -> None:
+        named = [(f"{site.name}.scores", layer.scores) for site, layer in zip(self.sites, self.layers)]
+        self.fragments = build_fragments(engine, named)
+
+    def start(self) -> None:
+        self._update(0)
+
+    def step(self, step: int) -> None:
+        self._update(step)
+
+    def _update(self, step: int) -> None:
+        self.target = self.schedule.remaining(step)
+        with torch.no_grad():
+            values = [f.working().detach() for f in self.fragments]  # what the forward pass will read
+        if self.config.method == "smp" and self.config.scope == "per_type":
+            mass = sigmoid_mass(values, self.config.temperature, self.comm)
+            ks = smp_budgets(self.sites, mass, self.target)
+        else:
+            ks = uniform_ks(self.grouping, self.target)
+        dtype = self.fragments[0].working().dtype
+        self.replace_masks(self.select(values, ks, dtype))
+        for i, layer in enumerate(self.layers):
+            layer.rule = self.thresholds[self.grouping.group[i]]
+            layer.tensor_index = self.grouping.tensor[i]
+
+    def regularizer_weight(self, step: int) -> float:
+        progress = min(1.0, step / self.schedule.total_steps)
+        return self.config.regularizer_lambda * (1 - (1 - progress) ** 3)
+
+    def loss_terms(self, step: int) -> dict[str, torch.Tensor]:
+        if self.config.regularizer_lambda <= 0:
+            return {}
+        masses = [layer.sigmoid_mass for layer in self.layers if layer.sigmoid_mass is not None]
+        value = torch.stack(masses).mean()
+        self.last_regularizer = float(value.detach())
+        return {"regularizer": self.regularizer_weight(step) * value}
+
+    def report(self) -> dict[str, float]:
+        scalars = super().report()
+        if self.config.regularizer_lambda > 0 and hasattr(self, "last_regularizer"):
+            scalars["prune/regularizer"] = self.last_regularizer
+        return scalars
+
+
+class SoftMovementPruner(LearnedScorePruner):
+    """soft movement: keep where sigmoid(S) > tau; the kept fraction is whatever results."""
+
+    def prepare(self, trained: torch.nn.Module) -> None:
+        super().prepare(trained)
+        for layer in self.layers:
+            layer.mode = "sigmoid"
+
+    def _update(self, step: int) -> None:
+        self.target = self.schedule.remaining(step)
+        tau = self.config.soft_threshold * self.schedule.progress(step)
+        cut = _logit(tau)
+        for layer in self.layers:
+            layer.sigmoid_threshold = tau
+        with torch.no_grad():
+            self.replace_masks([PackedMask.pack(f.working() > cut) for f in self.fragments])
+
+    def regularizer_weight(self, step: int) -> float:
+        return self.config.regularizer_lambda * self.schedule.progress(step)
+
+
+def replace_with_masked(model: torch.nn.Module, sites, score_init: float, temperature: float) -> list[MaskedLinear]:
+    """Swap every site's linear layer for a MaskedLinear that keeps its weight and bias parameters.
+
+    Under ZeRO-3 the new score parameters are created inside ``deepspeed.zero.Init``, so they are
+    partitioned like the weights they belong to. Must run before the DeepSpeed engine is built.
+    """
+    from transformers.integrations.deepspeed import deepspeed_config
+
+    layers = []
+    for site in sites:
+        parent_name, _, child = site.name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        linear = getattr(parent, child)
+        partitioned = is_partitioned(linear.weight)
+        with deepspeed.zero.Init(config_dict_or_path=deepspeed_config()) if partitioned else contextlib.nullcontext():
+            layer = MaskedLinear(linear, score_init, temperature)
+        setattr(parent, child, layer)
+        layers.append(layer)
+    return layers

@@ -1,0 +1,101 @@
+"""Linear layers whose weights are masked by learned scores (movement, soft movement, SMP).
+
+``MaskedLinear`` computes ``x @ (W * M(S))^T + b`` with a learned score ``S`` per weight. The mask is
+binary in the forward pass and transparent in the backward pass (straight-through): the gradient that
+reaches ``S`` is the gradient with respect to the mask, ``dL/dM = dL/dW' * W`` (Sanh et al. 2020).
+
+The scores are a parameter of the layer, so DeepSpeed treats them like the weight they belong to:
+ZeRO-3 partitions them (the layer is built inside ``deepspeed.zero.Init`` when the model is) and
+ZeRO shards their Adam states. Inside the forward pass ZeRO-3 has gathered the full scores, so the mask
+is computed from the full tensor with the group's selection rule (a
+:class:`~sparse_dist.distributed.select.Threshold`), which gives the same mask on every rank.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from sparse_dist.distributed.select import NO_TIES, Threshold
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: the given binary mask. Backward: the incoming gradient, unchanged, to the scores."""
+
+    @staticmethod
+    def forward(ctx, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return mask.to(scores.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+def threshold_mask(scores: torch.Tensor, rule: Threshold, tensor: int) -> torch.Tensor:
+    """The bool mask a selection rule gives the whole score tensor number ``tensor`` of its group."""
+    flat = scores.reshape(-1)
+    keep = flat > rule.value
+    if rule.tie_tensor != NO_TIES and tensor <= rule.tie_tensor:
+        equal = flat == rule.value
+        if tensor == rule.tie_tensor:
+            equal &= torch.arange(flat.numel(), device=flat.device) <= rule.tie_position
+        keep |= equal
+    return keep.view_as(scores)
+
+
+class MaskedLinear(torch.nn.Module):
+    """A linear layer with a learned score per weight; keeps the original weight and bias parameters.
+
+    Mask modes: ``"threshold"`` (top-k by score, the rule set by the pruner before every forward pass)
+    and ``"sigmoid"`` (keep where sigmoid(S) > tau, soft movement). ``"none"`` keeps everything.
+    """
+
+    def __init__(self, linear: torch.nn.Linear, score_init: float, temperature: float = 1.0):
+        super().__init__()
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        self.weight = linear.weight
+        self.bias = linear.bias
+        shape = tuple(getattr(linear.weight, "ds_shape", linear.weight.shape))
+        self.scores = torch.nn.Parameter(torch.full(shape, float(score_init), dtype=torch.float32,
+                                                    device=linear.weight.device))
+        self.temperature = temperature
+        self.mode = "none"
+        self.rule: Threshold | None = None
+        """Selection rule of this layer's group ("threshold" mode)."""
+        self.tensor_index = 0
+        """This layer's tensor number in its selection group."""
+        self.sigmoid_threshold = 0.0
+        """tau of the "sigmoid" mode."""
+        self.track_sigmoid_mass = False
+        self.sigmoid_mass: torch.Tensor | None = None
+        """mean(sigmoid(S / temperature)) from the last forward pass, for the regulariser (differentiable)."""
+
+    def current_mask(self, scores: torch.Tensor | None = None) -> torch.Tensor:
+        """The bool mask of the whole weight for the current rule (``scores`` defaults to the layer's)."""
+        scores = self.scores if scores is None else scores
+        if self.mode == "threshold":
+            return threshold_mask(scores, self.rule, self.tensor_index)
+        if self.mode == "sigmoid":
+            return scores > _logit(self.sigmoid_threshold)
+        return torch.ones_like(scores, dtype=torch.bool)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.track_sigmoid_mass:
+            self.sigmoid_mass = torch.sigmoid(self.scores / self.temperature).mean()
+        mask = _StraightThrough.apply(self.scores, self.current_mask().detach())
+        return F.linear(inputs, self.weight * mask.to(self.weight.dtype), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, mode={self.mode}"
+
+
+def _logit(p: float) -> float:
+    """sigmoid(s) > p  <=>  s > logit(p); logit(0) = -inf keeps everything."""
+    if p <= 0.0:
+        return -math.inf
+    if p >= 1.0:
+        return math.inf
+    return math.log(p / (1.0 - p))

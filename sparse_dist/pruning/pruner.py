@@ -1,0 +1,164 @@
+"""The pruner: what every method shares, and how the trainer drives it.
+
+Sites are named relative to the transformers model (``pretrained``), which is what an export writes;
+the trained module may wrap it (SMP's label-word head). The trainer calls, in this order:
+:meth:`Pruner.prepare` before the DeepSpeed engine is built (methods with learned scores swap in masked
+layers and freeze what they do not train), :meth:`Pruner.attach` with the engine,
+:meth:`Pruner.start` before the first step of a fresh run, then after every optimizer step the one
+explicit :meth:`Pruner.step`, and after every forward pass :meth:`Pruner.loss_terms` (regularisers).
+:meth:`Pruner.report` is collective and returns the scalars for TensorBoard.
+
+Every rank keeps the masks of its own fragments only (packed bits), so the pruning state per rank
+shrinks with the world size; masks come from the exact distributed selection.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+
+import torch
+
+from sparse_dist.config import PruningConfig
+from sparse_dist.distributed.bitmask import PackedMask
+from sparse_dist.distributed.comm import Communicator
+from sparse_dist.distributed.fragments import Fragment
+from sparse_dist.distributed.select import GroupLayout, ScoreShard, Threshold, select_topk
+from sparse_dist.pruning.schedule import SparsitySchedule
+from sparse_dist.pruning.scopes import Grouping, build_grouping
+from sparse_dist.pruning.sites import Site
+
+log = logging.getLogger(__name__)
+
+
+class Pruner:
+    """Sites, schedule, per-fragment masks, selection and reporting, shared by the methods."""
+
+    every_step_after_ramp = False
+    """Whether masks are recomputed at every step once the target is reached."""
+
+    def __init__(self, config: PruningConfig, pretrained: torch.nn.Module, sites: Sequence[Site], total_steps: int,
+                 comm: Communicator):
+        self.config = config
+        self.pretrained = pretrained
+        """The transformers model the site names refer to."""
+        self.sites = list(sites)
+        self.comm = comm
+        self.schedule = SparsitySchedule(config.target_remaining, total_steps, config.initial_warmup_steps,
+                                         config.final_warmup_steps, config.schedule, config.prune_every_steps)
+        self.grouping: Grouping = build_grouping(self.sites, self.selection_scope())
+        self.fragments: list[Fragment] = []
+        self.masks: list[PackedMask] = []
+        """This rank's mask of each site (its fragment), 1 = kept."""
+        self.thresholds: list[Threshold] = []
+        self.target = 1.0
+        self.updates = 0
+        self._flips = 0
+
+    # --- the interface the trainer uses -------------------------------------------------------------
+
+    def selection_scope(self) -> str:
+        return self.config.scope
+
+    def prepare(self, trained: torch.nn.Module) -> None:
+        """Change the model before the engine is built (nothing, unless the method learns scores).
+
+        ``trained`` is the whole module that will be trained (``pretrained`` or a module around it)."""
+
+    def attach(self, engine) -> None:
+        """Find this rank's fragments once the engine (and its optimizer) exists."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Masks for the first forward pass of a fresh run."""
+        self.masks = [PackedMask.full(f.numel, True, device=f.param.device) for f in self.fragments]
+
+    def step(self, step: int) -> None:
+        """The one call per optimizer step: update masks if the schedule says so. All ranks call."""
+        raise NotImplementedError
+
+    def loss_terms(self, step: int) -> dict[str, torch.Tensor]:
+        """Terms to add to the loss after a forward pass (empty unless the method regularises)."""
+        return {}
+
+    def report(self) -> dict[str, float]:
+        """Remaining fraction (target and actual, overall and per layer), mask flips. All ranks call."""
+        local = torch.tensor([m.count() for m in self.masks] + [self._flips], dtype=torch.int64)
+        device = getattr(self.comm, "device", torch.device("cpu"))
+        total = local.to(device)
+        self.comm.all_reduce(total)
+        kept = total[:-1].cpu().tolist()
+        flips = int(total[-1])
+        numel = sum(s.numel for s in self.sites)
+        scalars = {"prune/remaining": sum(kept) / numel, "prune/remaining_target": self.target,
+                   "prune/mask_flips": flips / numel}
+        per_layer: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for site, count in zip(self.sites, kept):
+            per_layer[site.layer][0] += count
+            per_layer[site.layer][1] += site.numel
+        for layer, (count, size) in per_layer.items():
+            scalars[f"prune/remaining/{layer}"] = count / size
+        finite = [t.value for t in self.thresholds if abs(t.value) != float("inf")]
+        if finite:
+            scalars["prune/threshold"] = finite[0] if len(self.thresholds) == 1 else sum(finite) / len(finite)
+        self._flips = 0
+        return scalars
+
+    def achieved(self) -> dict[str, float]:
+        """Kept and total prunable weights over all ranks (for the run summary). All ranks call."""
+        scalars = self.report()
+        return {"remaining": scalars["prune/remaining"], "sparsity": 1 - scalars["prune/remaining"]}
+
+    def state_dict(self) -> dict:
+        """This rank's pruning state (its fragments' masks and counters)."""
+        return {"masks": [m.to("cpu") for m in self.masks], "thresholds": self.thresholds, "target": self.target,
+                "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        devices = [f.param.device for f in self.fragments]
+        self.masks = [m.to(d) for m, d in zip(state["masks"], devices)]
+        self.thresholds, self.target, self.updates = state["thresholds"], state["target"], state["updates"]
+
+    # --- helpers for the methods --------------------------------------------------------------------
+
+    def select(self, values: Sequence[torch.Tensor], ks: list[int], dtype: torch.dtype) -> list[PackedMask]:
+        """Exact top-k per selection group over this rank's fragment values; returns the new masks."""
+        shards = [ScoreShard(v, self.grouping.group[i], self.grouping.tensor[i], self.fragments[i].start)
+                  for i, v in enumerate(values)]
+        layout = GroupLayout(sizes=self.grouping.sizes, tensors=self.grouping.counts,
+                             dtypes=[dtype] * len(self.grouping.sizes))
+        self.thresholds = select_topk(shards, ks, self.comm, layout=layout)
+        return [PackedMask.pack(self.thresholds[s.group].mask(s)) for s in shards]
+
+    def replace_masks(self, masks: list[PackedMask]) -> None:
+        """Adopt new masks, counting how many bits flipped."""
+        if self.masks:
+            self._flips += sum(old.flips(new) for old, new in zip(self.masks, masks))
+        self.masks = masks
+        self.updates += 1
+
+
+class NoPruning(Pruner):
+    """Dense fine-tuning: nothing is pruned."""
+
+    def __init__(self, total_steps: int, comm: Communicator):
+        self.comm = comm
+        self.pretrained = None
+        self.sites, self.fragments, self.masks, self.thresholds = [], [], [], []
+        self.target, self.updates, self._flips = 1.0, 0, 0
+
+    def attach(self, engine) -> None:
+        pass
+
+    def start(self) -> None:
+        pass
+
+    def step(self, step: int) -> None:
+        pass
+
+    def report(self) -> dict[str, float]:
+        return {}
+
+    def achieved(self) -> dict[str, float]:
+        return {}

@@ -1,0 +1,166 @@
+"""Pruning math: schedules, the straight-through gradient, SMP-S budgets, regularisers, sites, masks."""
+
+import math
+
+import pytest
+import torch
+from simulated_ranks import run_ranks
+from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+
+from sparse_dist.config import ConfigError, PruningConfig, load_config
+from sparse_dist.distributed.bitmask import PackedMask
+from sparse_dist.distributed.select import ALL_TIES, Threshold
+from sparse_dist.models.tiny import tiny_checkpoint
+from sparse_dist.pruning.learned import SoftMovementPruner
+from sparse_dist.pruning.masked_linear import MaskedLinear
+from sparse_dist.pruning.schedule import SparsitySchedule, kept_count
+from sparse_dist.pruning.scopes import build_grouping, sigmoid_mass, smp_budgets, uniform_ks
+from sparse_dist.pruning.sites import Site, find_sites, sites_table
+
+
+def test_cubic_schedule_at_its_edges():
+    s = SparsitySchedule(target_remaining=0.1, total_steps=100, initial_warmup_steps=10, final_warmup_steps=20)
+    assert s.remaining(0) == s.remaining(10) == 1.0
+    assert s.remaining(11) == pytest.approx(0.1 + 0.9 * (1 - 1 / 70) ** 3)
+    assert s.remaining(45) == pytest.approx(0.1 + 0.9 * 0.5 ** 3)
+    assert s.remaining(80) == s.remaining(100) == 0.1
+    assert all(s.remaining(t) >= s.remaining(t + 1) for t in range(100))
+    assert s.progress(10) == 0.0 and s.progress(80) == 1.0
+
+
+def test_linear_schedule_and_update_steps():
+    s = SparsitySchedule(0.5, 20, initial_warmup_steps=2, final_warmup_steps=8, kind="linear", prune_every_steps=3)
+    assert s.remaining(7) == pytest.approx(0.5 + 0.5 * (1 - 5 / 10))
+    updates = [t for t in range(1, 21) if s.is_update_step(t, every_step_after_ramp=False)]
+    assert updates == [5, 8, 11, 12]  # every 3 steps in the ramp, then once at its end
+    after = [t for t in range(1, 21) if s.is_update_step(t, every_step_after_ramp=True)]
+    assert after == [5, 8, 11, *range(12, 21)]
+
+
+def test_kept_count_rounds():
+    assert kept_count(0.1, 1000) == 100 and kept_count(0.3333, 3) == 1 and kept_count(1.0, 7) == 7
+    assert kept_count(0.0, 7) == 0
+
+
+def test_straight_through_gradient_matches_hand_computation():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(3, 2)
+    layer = MaskedLinear(linear, score_init=0.0)
+    with torch.no_grad():
+        layer.scores.copy_(torch.tensor([[0.5, -1.0, 2.0], [0.1, 3.0, -0.2]]))
+    layer.mode, layer.tensor_index = "threshold", 0
+    layer.rule = Threshold(k=3, n=6, value=0.5, tie_tensor=ALL_TIES, tie_position=0)  # keeps 3.0, 2.0, 0.5
+    x = torch.tensor([[1.0, 2.0, -1.0], [0.5, -1.0, 2.0]])
+    c = torch.tensor([[1.0, -2.0], [3.0, 0.5]])
+    (layer(x) * c).sum().backward()
+    mask = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    grad_effective = c.T @ x  # dL/dW' for L = sum(c * (x W'^T + b))
+    assert torch.allclose(layer.scores.grad, grad_effective * linear.weight)  # straight through the mask
+    assert torch.allclose(linear.weight.grad, grad_effective * mask)
+    assert torch.allclose(layer(x), x @ (linear.weight * mask).T + linear.bias)
+
+
+def sites_of(kinds: str, sizes: list[int]) -> list[Site]:
+    return [Site(f"m{i}", str(i), kind, (1, n)) for i, (kind, n) in enumerate(zip(kinds, sizes))]
+
+
+def test_smp_s_budgets_follow_the_formula():
+    sites = sites_of("QQQKK", [100, 100, 100, 50, 150])
+    mass = [30, 10, 20, 5, 45]  # R(S_l) per matrix, any unit
+    ks = smp_budgets(sites, mass, remaining=0.4)
+    # type Q: v_l = 0.4 * 3 * R_l / 60; type K: v_l = 0.4 * 2 * R_l / 50, capped at 1
+    assert ks == [round(0.4 * 3 * 30 / 60 * 100), round(0.4 * 3 * 10 / 60 * 100), round(0.4 * 3 * 20 / 60 * 100),
+                  round(0.4 * 2 * 5 / 50 * 50), round(min(1.0, 0.4 * 2 * 45 / 50) * 150)]
+    assert smp_budgets(sites_of("QQ", [10, 10]), [1, 99], remaining=0.9)[1] == 10  # capped at the whole matrix
+
+
+def test_sigmoid_mass_is_exact_and_independent_of_sharding():
+    torch.manual_seed(3)
+    scores = [torch.randn(1000), torch.randn(37) * 5]
+
+    def on_rank(comm):
+        pieces = [s.tensor_split(comm.world_size)[comm.rank] for s in scores]
+        return sigmoid_mass(pieces, temperature=0.5, comm=comm)
+
+    one, three = run_ranks(on_rank, 1)[0], run_ranks(on_rank, 3)[0]
+    assert one == three
+    for got, s in zip(one, scores):
+        assert got / 2**24 == pytest.approx(float(torch.sigmoid(s.double() / 0.5).sum()), abs=len(s) * 2**-24)
+
+
+def test_uniform_ks_per_scope():
+    sites = sites_of("QKQ", [10, 20, 30])
+    assert uniform_ks(build_grouping(sites, "local"), 0.5) == [5, 10, 15]
+    per_type = build_grouping(sites, "per_type")
+    assert per_type.group == [0, 1, 0] and per_type.tensor == [0, 0, 1] and uniform_ks(per_type, 0.5) == [20, 10]
+    assert uniform_ks(build_grouping(sites, "global"), 0.25) == [15]
+
+
+def test_soft_movement_regulariser_is_lambda_times_mean_sigmoid_mass():
+    config = PruningConfig(method="soft_movement", scope="global", target_remaining=0.2, regularizer_lambda=400.0,
+                           soft_threshold=0.1)
+    model = torch.nn.ModuleDict({"encoder": torch.nn.ModuleDict({"layer": torch.nn.ModuleList([torch.nn.ModuleDict({
+        "intermediate": torch.nn.ModuleDict({"dense": torch.nn.Linear(4, 3)}),
+        "output": torch.nn.ModuleDict({"dense": torch.nn.Linear(3, 4)})})])})})
+    pruner = SoftMovementPruner(config, model, find_sites(model), total_steps=10, comm=None)
+    pruner.prepare(model)
+    with torch.no_grad():
+        for i, layer in enumerate(pruner.layers):
+            layer.scores.normal_(generator=torch.Generator().manual_seed(i))
+    for layer in pruner.layers:  # the forward pass records each layer's sigmoid mass
+        layer(torch.randn(2, layer.in_features))
+    term = pruner.loss_terms(step=5)["regularizer"]
+    mean_mass = sum(float(torch.sigmoid(layer.scores.detach()).mean()) for layer in pruner.layers) / 2
+    assert float(term) == pytest.approx(400.0 * pruner.schedule.progress(5) * mean_mass)
+    term.backward()
+    assert all(layer.scores.grad is not None for layer in pruner.layers)
+
+
+@pytest.mark.parametrize("name, loader, kinds, count", [
+    ("tiny-bert", AutoModelForSequenceClassification, {"Q", "K", "V", "O", "U", "D"}, 12),
+    ("tiny-roberta", AutoModelForSequenceClassification, {"Q", "K", "V", "O", "U", "D"}, 12),
+    ("tiny-t5", AutoModelForSeq2SeqLM, {"enc.self.q", "enc.self.k", "enc.self.v", "enc.self.o", "enc.ffn.wi",
+                                        "enc.ffn.wo", "dec.self.q", "dec.self.k", "dec.self.v", "dec.self.o",
+                                        "dec.cross.q", "dec.cross.k", "dec.cross.v", "dec.cross.o", "dec.ffn.wi",
+                                        "dec.ffn.wo"}, 32),
+])
+def test_sites_are_the_block_matrices_only(name, loader, kinds, count):
+    model = loader.from_pretrained(tiny_checkpoint(name))
+    sites = find_sites(model)
+    assert {s.kind for s in sites} == kinds and len(sites) == count
+    names = " ".join(s.name for s in sites)
+    for excluded in ("embeddings", "pooler", "classifier", "lm_head", "shared"):
+        assert excluded not in names
+    assert sites_table(sites).splitlines()[-1].split()[1:] == [str(count), f"{sum(s.numel for s in sites):,d}"]
+    with pytest.raises(ValueError, match="no prunable matrices"):
+        find_sites(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+def test_packed_masks_round_trip_and_count():
+    torch.manual_seed(0)
+    for n in (0, 1, 7, 8, 9, 1001):
+        mask = torch.rand(n) < 0.3
+        packed = PackedMask.pack(mask)
+        assert packed.nbytes == (n + 7) // 8 and torch.equal(packed.unpack(), mask)
+        assert packed.count() == int(mask.sum())
+        other = torch.rand(n) < 0.5
+        assert packed.flips(PackedMask.pack(other)) == int((mask ^ other).sum())
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["pruning.method=smp", "pruning.scope=global"], "pruning.scope: smp supports local, per_type, got 'global'"),
+    (["pruning.method=magnitude", "pruning.target_remaining=0"], "pruning.target_remaining: must be in (0, 1]"),
+    (["pruning.method=movement", "pruning.initial_warmup_steps=60", "pruning.final_warmup_steps=40",
+      "training.max_steps=100"], "pruning.final_warmup_steps: initial + final warm-up must leave a ramp"),
+    (["pruning.method=smp", "pruning.scope=local", "model.head=classifier"], "model.head: smp keeps the pretrained"),
+])
+def test_bad_pruning_configs(overrides, message):
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, overrides, world_size=1)
+    assert message in str(caught.value)
+
+
+def test_smp_resolves_the_label_word_head():
+    assert load_config(None, ["pruning.method=smp", "pruning.scope=local"], world_size=1).model.head == "label_words"
+    assert load_config(None, ["pruning.method=movement"], world_size=1).model.head == "classifier"
+    assert math.isclose(load_config(None, [], world_size=1).pruning.score_lr, 1e-2)
