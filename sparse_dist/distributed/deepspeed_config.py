@@ -29,7 +29,10 @@ def build_deepspeed_config(training: TrainingConfig, optimizer: OptimizerConfig,
     """The DeepSpeed config dict for ``deepspeed.initialize`` and for ZeRO-3 model construction."""
     micro = training.micro_batch_size
     accum = training.global_batch_size // (micro * world_size)
-    zero_section: dict[str, Any] = {"stage": zero.stage}
+    # DeepSpeed's "memory efficient linear" replaces torch.nn.functional.linear for the whole process the
+    # first time a model is built under zero.Init, and never restores it: the numerics of every later model
+    # (another run in the same process, a teacher, ZeRO-0 after ZeRO-3) would depend on what ran before.
+    zero_section: dict[str, Any] = {"stage": zero.stage, "memory_efficient_linear": False}
     if zero.offload_optimizer:
         zero_section["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
     if zero.offload_params:

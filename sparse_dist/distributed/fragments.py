@@ -88,13 +88,21 @@ class Fragment:
             return self.param.ds_tensor.view(-1).narrow(0, 0, self.numel)
         return self.param.data.view(-1).narrow(0, self.start, self.numel)
 
+    @property
+    def working_resident(self) -> bool:
+        """True for a ZeRO-3 weight that stays gathered between steps (below DeepSpeed's persistence
+        threshold): the forward pass reads its whole ``param.data``, refreshed from the partitions only at
+        the end of each optimizer step, so a mask change must zero that copy too."""
+        return bool(getattr(self.param, "ds_persist", False)) and self.param.data.numel() == self.full_numel
+
     def full_master(self) -> torch.Tensor | None:
         """The whole master weight, where every rank holds it (``master_replicated``), else None."""
         return self.master_flat.view(-1) if self.master_replicated else None
 
     def full_working(self) -> torch.Tensor | None:
-        """The whole working copy, where every rank holds it (``working_replicated``), else None."""
-        return self.param.data.view(-1) if self.working_replicated else None
+        """The whole working copy, where every rank holds it (``working_replicated`` or
+        ``working_resident``), else None."""
+        return self.param.data.view(-1) if self.working_replicated or self.working_resident else None
 
     def _state(self) -> dict:
         if self.optimizer is None or self.master_flat is None:

@@ -56,7 +56,8 @@ def apply_masks(fragments: Sequence[Fragment], masks: Sequence[PackedMask], comm
         if mask.numel != fragment.numel:
             raise ValueError(f"{fragment.name}: mask of {mask.numel} elements for a fragment of {fragment.numel}")
         full_mask = None
-        if fragment.working_replicated or fragment.master_replicated:
+        resident = fragment.working_resident
+        if fragment.working_replicated or fragment.master_replicated or resident:
             full_mask = gather_full_mask(fragment, mask, comm)
         local = mask.unpack() if fragment.numel else None
         with torch.no_grad():
@@ -74,6 +75,8 @@ def apply_masks(fragments: Sequence[Fragment], masks: Sequence[PackedMask], comm
                 _zero_where(fragment.full_working(), full_mask)
             elif fragment.numel:
                 _zero_where(fragment.working(), local)
+            if resident:
+                _zero_where(fragment.full_working(), full_mask)
 
 
 def zero_masked_grads(fragments: Sequence[Fragment], masks: Sequence[PackedMask], comm: Communicator) -> None:
