@@ -1,5 +1,5 @@
 # Two commands on a fresh machine:
-#   make demo   set up, then run the main job (a real 2-rank run on real data, on CPU or GPU)
+#   make demo   set up, then run the main job (SMP-S pruning of the real MiniLM on SST-2, 2 ranks)
 #   make test   set up, then run the test suite
 # `make setup` alone creates .venv with everything installed.
 
@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 setup: $(VENV)/.installed
 
 demo: setup
-	$(BIN)/deepspeed --num_gpus $(NUM_RANKS) launch/train.py --config configs/minilm_sst2.yaml
+	$(BIN)/deepspeed --num_gpus $(NUM_RANKS) launch/train.py --config configs/smp_minilm_sst2.yaml
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -5,7 +5,8 @@
     torchrun --nproc_per_node 2 launch/train.py --config configs/minilm_sst2.yaml training.max_steps=50
     python -m launch.train --help-config                                             # every key, documented
 
-The config is validated before any process group starts; a bad config exits with status 2.
+The config is validated before any process group starts; a bad config exits with status 2. SIGTERM or
+SIGUSR1 make the run save at the next step boundary and exit with status 75; the same command resumes.
 """
 
 import argparse
@@ -18,6 +19,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML run config")
     parser.add_argument("--help-config", action="store_true", help="list every config key and exit")
+    parser.add_argument("--check", action="store_true", help="validate the config (and overrides) and exit")
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # set by launchers
     parser.add_argument("overrides", nargs="*", metavar="section.key=value")
     return parser.parse_args(argv)
@@ -36,14 +38,18 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2
+    if args.check:
+        print(f"config ok: {args.config} ({config.world_size} rank(s))")
+        return 0
 
     from sparse_dist.distributed.env import init_distributed, init_logging
+    from sparse_dist.preemption import RESUMABLE_EXIT
     from sparse_dist.trainer import Trainer
 
     env = init_distributed()
     init_logging(env.rank)
-    Trainer(config, env).train()
-    return 0
+    result = Trainer(config, env).train()
+    return RESUMABLE_EXIT if result.stopped else 0
 
 
 if __name__ == "__main__":

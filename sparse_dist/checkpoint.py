@@ -166,11 +166,13 @@ class Checkpointer:
             complete = [p for p in complete if p.name <= named.name]
         return list(reversed(complete))
 
-    def load_latest(self, engine) -> tuple[int, dict[str, Any]] | None:
-        """Restore the newest good checkpoint into ``engine``; return (step, this rank's trainer state).
+    def load_latest(self, engine, zero_stage: int) -> tuple[int, list[dict[str, Any]]] | None:
+        """Restore the newest good checkpoint into ``engine``; return (step, trainer states).
 
-        Returns None when there is no checkpoint. A checkpoint that fails verification or loading is
-        reported and skipped for the previous one. All ranks call; they agree on the choice.
+        The states are ``[this rank's own]`` when the world size is unchanged, else every rank's that
+        wrote the checkpoint (for resharding the pruning state). Returns None when there is no
+        checkpoint. A checkpoint that fails verification is reported with its path and skipped for the
+        previous one. All ranks call; they agree on the choice.
         """
         for path in self.candidates():
             problem, manifest = self._verify_collectively(path)
@@ -181,17 +183,25 @@ class Checkpointer:
                 raise CheckpointError(
                     f"{path} belongs to a different run ({manifest.get('signature')}), not {self.signature}; "
                     "use a new job.run_dir, or checkpoint.resume=false to start over")
-            if manifest["world_size"] != self.env.world_size:
+            written_by = manifest["world_size"]
+            if written_by != self.env.world_size and zero_stage > 0:
                 raise CheckpointError(
-                    f"{path}: written by {manifest['world_size']} ranks, this job has {self.env.world_size}; "
-                    "the DeepSpeed optimizer state cannot be resharded on load")
+                    f"{path} was written by {written_by} ranks under ZeRO-{zero_stage} and this job has "
+                    f"{self.env.world_size}: DeepSpeed's ZeRO-{zero_stage} optimizer state is partitioned over the "
+                    f"ranks that wrote it and cannot be loaded by another number of ranks. Resume with "
+                    f"{written_by} ranks (sparse_dist reshards its own pruning and teacher state), or start over "
+                    "with checkpoint.resume=false")
             load_path, _ = engine.load_checkpoint(str(self.directory), tag=path.name, load_optimizer_states=True,
                                                   load_lr_scheduler_states=True)
             if load_path is None:
                 raise CheckpointError(f"{path}: DeepSpeed could not load the engine state")
-            state = torch.load(path / f"trainer_rank{self.env.rank}.pt", map_location="cpu", weights_only=False)
+            ranks = [self.env.rank] if written_by == self.env.world_size else range(written_by)
+            states = [torch.load(path / f"trainer_rank{r}.pt", map_location="cpu", weights_only=False) for r in ranks]
+            if written_by != self.env.world_size:
+                log.warning("%s was written by %d ranks, this job has %d: pruning and teacher state resharded",
+                            path, written_by, self.env.world_size)
             log.info("resumed from %s (step %d)", path, manifest["step"])
-            return manifest["step"], state
+            return manifest["step"], states
         return None
 
 

@@ -170,8 +170,8 @@ class MetricsConfig:
 class PruningConfig:
     """Pruning method, its scope and its schedule (see ../shared/docs/METHODS.md)."""
 
-    method: Literal["none", "magnitude", "movement", "soft_movement", "smp"] = "none"
-    """none (dense fine-tuning), magnitude, movement, soft_movement, or smp (static model pruning)."""
+    method: Literal["none", "magnitude", "movement", "soft_movement", "smp", "platon", "pins"] = "none"
+    """none (dense fine-tuning), magnitude, movement, soft_movement, smp (static model pruning), platon, pins."""
     scope: Literal["local", "per_type", "global"] = "global"
     """Where the top-k is taken: per matrix, per matrix type (for smp: SMP-S budgets), or over all."""
     target_remaining: float = 0.1
@@ -194,6 +194,16 @@ class PruningConfig:
     """Final weight of the sigmoid-mass regulariser (soft_movement and smp; the papers use 400)."""
     soft_threshold: float = 0.1
     """Final sigmoid threshold tau of soft movement (ramped from 0 with the schedule)."""
+    window_steps: int = 10
+    """PLATON/PINS: steps whose instantaneous importance is averaged before each EMA update (dT)."""
+    beta1: float = 0.85
+    """PLATON/PINS: EMA factor of the importance."""
+    beta2: float = 0.95
+    """PLATON/PINS: EMA factor of the uncertainty (0 or 1: score is the importance EMA alone)."""
+    signed_importance: bool = False
+    """PINS: use s = -W g + eta g^2 itself instead of |s| (the released code takes |s|)."""
+    include_biases: bool = False
+    """PLATON/PINS: also prune the biases of the pruned layers (global top-k over weights and biases)."""
 
 
 @dataclass
@@ -208,6 +218,9 @@ class DistillConfig:
     """Weight of the distillation loss T^2 KL(teacher || student)."""
     temperature: float = 2.0
     """Softmax temperature T."""
+    self_regularization: bool = False
+    """PINS self-regularization: the teacher is the student's best-on-dev state so far (replaces it at each
+    dev improvement); with ``teacher`` set, that external teacher serves until the first improvement."""
 
 
 @dataclass
@@ -428,7 +441,7 @@ def validate(config: RunConfig) -> None:
 
 
 _SCOPES = {"magnitude": ("local", "global"), "movement": ("local", "per_type", "global"),
-           "soft_movement": ("global",), "smp": ("local", "per_type")}
+           "soft_movement": ("global",), "smp": ("local", "per_type"), "platon": ("global",), "pins": ("global",)}
 
 
 def _validate_pruning(p: PruningConfig, max_steps: int) -> None:
@@ -447,6 +460,9 @@ def _validate_pruning(p: PruningConfig, max_steps: int) -> None:
     _require(p.temperature > 0, "pruning.temperature", "must be > 0", p.temperature)
     _require(p.regularizer_lambda >= 0, "pruning.regularizer_lambda", "must be >= 0", p.regularizer_lambda)
     _require(0 <= p.soft_threshold < 1, "pruning.soft_threshold", "must be in [0, 1)", p.soft_threshold)
+    _require(p.window_steps >= 1, "pruning.window_steps", "must be >= 1", p.window_steps)
+    _require(0 <= p.beta1 < 1, "pruning.beta1", "must be in [0, 1)", p.beta1)
+    _require(0 <= p.beta2 <= 1, "pruning.beta2", "must be in [0, 1]", p.beta2)
 
 
 # --------------------------------------------------------------------------------------------------

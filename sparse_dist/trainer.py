@@ -9,6 +9,7 @@ exports the final model, and returns a :class:`TrainResult`.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -27,6 +28,7 @@ from sparse_dist.config import OptimizerConfig, RunConfig, dump_config
 from sparse_dist.data.sampler import TrainBatchSampler
 from sparse_dist.data.task_data import build_task_data, build_train_loader
 from sparse_dist.data.tasks import get_task
+from sparse_dist.distill.build import build_distiller
 from sparse_dist.distributed.comm import TorchCommunicator
 from sparse_dist.distributed.deepspeed_config import build_deepspeed_config, resolve_precision
 from sparse_dist.distributed.env import DistEnv, main_process_first
@@ -34,6 +36,7 @@ from sparse_dist.distributed.gather import full_shape
 from sparse_dist.evaluation import Evaluator
 from sparse_dist.models.build import build_model, count_parameters
 from sparse_dist.observe import build_metrics_logger, build_progress_bar, memory_gib
+from sparse_dist.preemption import StopRequest
 from sparse_dist.pruning.build import build_pruner
 from sparse_dist.pruning.export import export_mask_artifact, export_pruned_model
 
@@ -52,6 +55,8 @@ class TrainResult:
     final_metrics: dict[str, float] = field(default_factory=dict)
     sparsity: dict[str, float] = field(default_factory=dict)
     """Achieved remaining fraction and sparsity of the prunable weights (empty for dense runs)."""
+    stopped: bool = False
+    """True if a signal stopped the run early (after saving a checkpoint)."""
     wall_time_s: float = 0.0
 
 
@@ -100,6 +105,8 @@ class Trainer:
             self.task_data = build_task_data(config.data, self.task, self.built.tokenizer, self.built.kind)
         self.engine = self._build_engine()
         self.pruner.attach(self.engine)
+        self.distiller = build_distiller(config.distill, config.model, self.task, self.built, self.engine,
+                                         self.pruner, self.ds_config, self.comm, env, config.job.seed)
         self.evaluator = Evaluator(self.task_data, config.eval, env, self.built.tokenizer, config.zero.stage)
         self.metrics = build_metrics_logger(self.run_dir, config.metrics.tensorboard, env.is_main)
         signature = {"model": config.model.name_or_path, "task": config.data.task, "zero_stage": config.zero.stage}
@@ -108,6 +115,7 @@ class Trainer:
         self.result = TrainResult(steps=0)
         self._loss_sum = torch.zeros((), dtype=torch.float64)
         self._loss_count = 0
+        self._parts: dict[str, float] = {}
         # Dropout differs per rank; everything that must agree across ranks was seeded above.
         torch.manual_seed(config.job.seed + env.rank)
         log.info("model %s (%s, %.2fM parameters), task %s, ZeRO-%d, %s, %d rank(s), global batch %d = %d x %d x %d",
@@ -143,6 +151,29 @@ class Trainer:
         self.engine.train()  # from_pretrained returns the model in eval mode (dropout off)
         bar = build_progress_bar(max_steps, self.step, self.config.metrics.progress_bar, self.env.is_main)
         window_start, window_steps = time.perf_counter(), 0
+        with StopRequest(self.env.device) as stop:
+            stopped = self._loop(batches, bar, stop, max_steps, window_start, window_steps)
+        bar.close()
+        if stopped:  # SIGTERM/SIGUSR1: the checkpoint is written; restarting the same command resumes
+            self.result.stopped = True
+            self.result.wall_time_s = time.perf_counter() - start_time
+            self.metrics.close()
+            log.warning("stopped after step %d; restart the same command to resume", self.step)
+            return self.result
+        self.result.final_metrics = self.evaluate()
+        self.save_checkpoint()
+        if self.config.checkpoint.save_final_model:
+            self.export(self.run_dir / "final")
+        self.result.sparsity = self.pruner.achieved()
+        self.result.steps = self.step
+        self.result.wall_time_s = time.perf_counter() - start_time
+        self.metrics.close()
+        self._write_completion_marker()
+        self._print_summary()
+        return self.result
+
+    def _loop(self, batches, bar, stop: StopRequest, max_steps: int, window_start: float, window_steps: int) -> bool:
+        """Train to ``max_steps``; True if stopped early by a signal (after saving a checkpoint)."""
         while self.step < max_steps:
             self._accumulate_loss(self.train_step([next(batches) for _ in range(self.config.grad_accum_steps)]))
             self.step += 1
@@ -159,17 +190,17 @@ class Trainer:
             if self._due(self.config.checkpoint.save_every_steps) and self.step < max_steps:
                 self.save_checkpoint()
             window_start += time.perf_counter() - pause  # samples/s counts training time only
-        bar.close()
-        self.result.final_metrics = self.evaluate()
-        self.save_checkpoint()
-        if self.config.checkpoint.save_final_model:
-            self.export(self.run_dir / "final")
-        self.result.sparsity = self.pruner.achieved()
-        self.result.steps = self.step
-        self.result.wall_time_s = time.perf_counter() - start_time
-        self.metrics.close()
-        self._print_summary()
-        return self.result
+            if stop.agreed():
+                self.save_checkpoint()
+                return True
+        return False
+
+    def _write_completion_marker(self) -> None:
+        """<run_dir>/COMPLETED: the run reached its last step (job scripts requeue until it exists)."""
+        if self.env.is_main:
+            summary = {"steps": self.step, "final": self.result.final_metrics, "best": self.result.best_metric,
+                       "sparsity": self.result.sparsity}
+            (self.run_dir / "COMPLETED").write_text(json.dumps(summary, indent=1))
 
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
         """One optimizer step over this rank's micro-batches, then the pruner's step; returns the mean
@@ -178,11 +209,14 @@ class Trainer:
         total = torch.zeros((), device=self.env.device, dtype=torch.float32)
         for batch in micro_batches:
             batch = {key: value.to(self.env.device) for key, value in batch.items()}
-            task_loss = self.engine(**batch).loss
-            loss = task_loss + sum(self.pruner.loss_terms(step).values())
+            parts = self.distiller.loss(self.engine(**batch), batch)
+            loss = parts["loss"] + sum(self.pruner.loss_terms(step).values())
             self.engine.backward(loss)
             self.engine.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
-            total += task_loss.detach().float()
+            total += parts["loss"].detach().float()
+            for name in ("ce", "kd"):
+                if name in parts:
+                    self._parts[name] = self._parts.get(name, 0.0) + float(parts[name]) / len(micro_batches)
         self.pruner.step(step)
         return total / len(micro_batches)
 
@@ -210,6 +244,10 @@ class Trainer:
         if grad_norm is not None and math.isfinite(float(grad_norm)):
             scalars["train/grad_norm"] = float(grad_norm)
         scalars.update(self.pruner.report())
+        scalars.update(self.distiller.report())
+        steps = max(1, reduced[1].item() / self.env.world_size)
+        scalars.update({f"train/{name}_loss": value / steps for name, value in self._parts.items()})
+        self._parts.clear()
         self.metrics.log(scalars, self.step)
         remaining = f" remaining {scalars['prune/remaining']:.3f}" if "prune/remaining" in scalars else ""
         log.info("step %d/%d loss %.4f lr %.3g %.1f samples/s%s", self.step, self.config.training.max_steps, loss,
@@ -221,8 +259,10 @@ class Trainer:
         metrics = self.evaluator.evaluate(self.engine.module)
         self.result.evals.append((self.step, metrics))
         primary = metrics[self.evaluator.primary_metric]
-        if self.result.best_metric is None or primary > self.result.best_metric:
+        improved = self.result.best_metric is None or primary > self.result.best_metric
+        if improved:
             self.result.best_metric = primary
+        self.distiller.on_evaluation(improved)
         self.metrics.log({f"eval/{name}": value for name, value in metrics.items()}, self.step)
         self.metrics.flush()
         log.info("step %d eval: %s", self.step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
@@ -245,21 +285,27 @@ class Trainer:
 
     def _trainer_state(self) -> dict[str, Any]:
         return {"step": self.step, "rng": rng_state(), "result": self.result, "pruner": self.pruner.state_dict(),
-                "loss_sum": self._loss_sum.clone(), "loss_count": self._loss_count}
+                "distiller": self.distiller.state_dict(), "loss_sum": self._loss_sum.clone(),
+                "loss_count": self._loss_count}
 
     def save_checkpoint(self) -> None:
         self.checkpointer.save(self.engine, self.step, self._trainer_state())
 
     def _resume(self) -> bool:
         """Restore the latest checkpoint if there is one; True if a run was resumed."""
-        restored = self.checkpointer.load_latest(self.engine)
+        restored = self.checkpointer.load_latest(self.engine, self.config.zero.stage)
         if restored is None:
             return False
-        self.step, state = restored
-        set_rng_state(state["rng"])
-        self.result = state["result"]
-        self.pruner.load_state_dict(state["pruner"])
-        self._loss_sum, self._loss_count = state["loss_sum"], state["loss_count"]
+        self.step, states = restored
+        own = states[0] if len(states) == 1 else None
+        if own is not None:
+            set_rng_state(own["rng"])
+            self._loss_sum, self._loss_count = own["loss_sum"], own["loss_count"]
+        else:  # another world size: dropout streams start afresh, deterministically
+            torch.manual_seed(self.config.job.seed + self.env.rank + 1_000_003 * self.step)
+        self.result = states[0]["result"]
+        self.pruner.load_state_dict([s["pruner"] for s in states])
+        self.distiller.load_state_dict([s["distiller"] for s in states])
         return True
 
     def export_model(self, directory: Path) -> None:

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 import datasets
+import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
@@ -52,6 +53,11 @@ def build_task_data(data: DataConfig, task: TaskSpec, tokenizer: PreTrainedToken
 
 
 def build_train_loader(task_data: TaskData, sampler: TrainBatchSampler, num_workers: int = 0) -> DataLoader:
-    """An endless loader of this rank's micro-batches, in the sampler's order."""
+    """An endless loader of this rank's micro-batches, in the sampler's order.
+
+    The loader gets its own generator: otherwise creating its iterator draws a seed from the global RNG,
+    which would shift the dropout stream of a resumed run by one draw.
+    """
     return DataLoader(task_data.train, batch_sampler=sampler, collate_fn=task_data.collator,
-                      num_workers=num_workers, persistent_workers=num_workers > 0)
+                      num_workers=num_workers, persistent_workers=num_workers > 0,
+                      generator=torch.Generator().manual_seed(sampler.seed))

@@ -8,6 +8,7 @@ import torch
 
 from sparse_dist.config import PruningConfig
 from sparse_dist.distributed.comm import Communicator
+from sparse_dist.pruning.importance import ImportancePruner
 from sparse_dist.pruning.learned import LearnedScorePruner, SoftMovementPruner
 from sparse_dist.pruning.magnitude import MagnitudePruner
 from sparse_dist.pruning.pruner import NoPruning, Pruner
@@ -16,7 +17,7 @@ from sparse_dist.pruning.sites import find_sites, sites_table
 log = logging.getLogger(__name__)
 
 PRUNERS = {"magnitude": MagnitudePruner, "movement": LearnedScorePruner, "smp": LearnedScorePruner,
-           "soft_movement": SoftMovementPruner}
+           "soft_movement": SoftMovementPruner, "platon": ImportancePruner, "pins": ImportancePruner}
 
 
 def build_pruner(config: PruningConfig, pretrained: torch.nn.Module, total_steps: int, comm: Communicator) -> Pruner:

@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from sparse_dist.distributed.select import NO_TIES, Threshold
+from sparse_dist.distributed.select import NO_TIES, ScoreShard, Threshold
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -69,18 +69,30 @@ class MaskedLinear(torch.nn.Module):
         """This layer's tensor number in its selection group."""
         self.sigmoid_threshold = 0.0
         """tau of the "sigmoid" mode."""
+        self.fixed_mask: torch.Tensor | None = None
+        """A whole mask that overrides the rule (a teacher's older mask), or None."""
         self.track_sigmoid_mass = False
         self.sigmoid_mass: torch.Tensor | None = None
         """mean(sigmoid(S / temperature)) from the last forward pass, for the regulariser (differentiable)."""
 
     def current_mask(self, scores: torch.Tensor | None = None) -> torch.Tensor:
         """The bool mask of the whole weight for the current rule (``scores`` defaults to the layer's)."""
+        if self.fixed_mask is not None:
+            return self.fixed_mask
         scores = self.scores if scores is None else scores
         if self.mode == "threshold":
             return threshold_mask(scores, self.rule, self.tensor_index)
         if self.mode == "sigmoid":
             return scores > _logit(self.sigmoid_threshold)
         return torch.ones_like(scores, dtype=torch.bool)
+
+    def mask_of_range(self, scores: torch.Tensor, start: int) -> torch.Tensor:
+        """The current mask of the flat elements ``[start, start + len(scores))``, from those scores."""
+        if self.mode == "threshold":
+            return self.rule.mask(ScoreShard(scores.reshape(-1), 0, self.tensor_index, start))
+        if self.mode == "sigmoid":
+            return scores.reshape(-1) > _logit(self.sigmoid_threshold)
+        return torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if self.track_sigmoid_mass:

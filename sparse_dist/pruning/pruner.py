@@ -88,9 +88,9 @@ class Pruner:
         device = getattr(self.comm, "device", torch.device("cpu"))
         total = local.to(device)
         self.comm.all_reduce(total)
-        kept = total[:-1].cpu().tolist()
+        kept = total[:-1].cpu().tolist()  # sites first; PLATON/PINS may add biases after them
         flips = int(total[-1])
-        numel = sum(s.numel for s in self.sites)
+        numel = sum(self.grouping.sizes) if self.selection_scope() != "local" else sum(s.numel for s in self.sites)
         scalars = {"prune/remaining": sum(kept) / numel, "prune/remaining_target": self.target,
                    "prune/mask_flips": flips / numel}
         per_layer: dict[str, list[int]] = defaultdict(lambda: [0, 0])
@@ -110,15 +110,40 @@ class Pruner:
         scalars = self.report()
         return {"remaining": scalars["prune/remaining"], "sparsity": 1 - scalars["prune/remaining"]}
 
-    def state_dict(self) -> dict:
-        """This rank's pruning state (its fragments' masks and counters)."""
-        return {"masks": [m.to("cpu") for m in self.masks], "thresholds": self.thresholds, "target": self.target,
-                "updates": self.updates}
+    def fragment_tensors(self) -> dict[str, list[torch.Tensor]]:
+        """Per-fragment state besides the masks (flat tensors in fragment order), e.g. importance."""
+        return {}
 
-    def load_state_dict(self, state: dict) -> None:
-        devices = [f.param.device for f in self.fragments]
-        self.masks = [m.to(d) for m, d in zip(state["masks"], devices)]
-        self.thresholds, self.target, self.updates = state["thresholds"], state["target"], state["updates"]
+    def state_dict(self) -> dict:
+        """This rank's pruning state: its fragments (ranges, masks, statistics) and the shared counters."""
+        return {"layout": [(f.start, f.numel) for f in self.fragments],
+                "masks": [m.to("cpu") for m in self.masks],
+                "tensors": {k: [t.detach().cpu().clone() for t in v] for k, v in self.fragment_tensors().items()},
+                "thresholds": self.thresholds, "target": self.target, "updates": self.updates}
+
+    def load_state_dict(self, states: list[dict]) -> None:
+        """Restore from the states every rank saved: this rank's own if the layout is unchanged, else this
+        rank's new fragments assembled from the old ones (a different world size)."""
+        own = next((s for s in states if s["layout"] == [(f.start, f.numel) for f in self.fragments]), None)
+        if own is not None:
+            masks = own["masks"]
+            tensors = own["tensors"]
+        else:
+            from sparse_dist.distributed.reshard import assemble
+
+            masks, tensors = [], {key: [] for key in states[0]["tensors"]}
+            for i, fragment in enumerate(self.fragments):
+                pieces = [(s["layout"][i][0], s["masks"][i].unpack()) for s in states]
+                masks.append(PackedMask.pack(assemble(pieces, fragment.start, fragment.numel)))
+                for key in tensors:
+                    pieces = [(s["layout"][i][0], s["tensors"][key][i]) for s in states]
+                    tensors[key].append(assemble(pieces, fragment.start, fragment.numel))
+        self.masks = [m.to(f.param.device) for m, f in zip(masks, self.fragments)]
+        for key, values in self.fragment_tensors().items():
+            for mine, saved in zip(values, tensors[key]):
+                mine.copy_(saved)
+        shared = states[0]
+        self.thresholds, self.target, self.updates = shared["thresholds"], shared["target"], shared["updates"]
 
     # --- helpers for the methods --------------------------------------------------------------------
 
@@ -162,3 +187,9 @@ class NoPruning(Pruner):
 
     def achieved(self) -> dict[str, float]:
         return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, states: list[dict]) -> None:
+        pass

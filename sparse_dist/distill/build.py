@@ -1,0 +1,33 @@
+"""Pick the distiller for a config and build its teachers."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from sparse_dist.config import DistillConfig, ModelConfig
+from sparse_dist.data.tasks import TaskSpec
+from sparse_dist.distill.distiller import Distiller, ExternalDistillation, SelfRegularization
+from sparse_dist.distill.teacher import MaskTeacher, OffloadedTeacher
+from sparse_dist.models.build import build_model
+
+
+def build_distiller(config: DistillConfig, model_cfg: ModelConfig, task: TaskSpec, built, engine, pruner,
+                    ds_config: dict, comm, env, seed: int) -> Distiller:
+    """No distillation, an external teacher, or self-regularization (PINS). All ranks call."""
+    regression = task.kind == "regression"
+
+    def offloaded(name_or_path: str) -> OffloadedTeacher:
+        teacher_cfg = replace(model_cfg, name_or_path=name_or_path, gradient_checkpointing=False)
+        return OffloadedTeacher(lambda ds: build_model(teacher_cfg, task, ds, seed), ds_config, env.on_gpu)
+
+    external = offloaded(config.teacher) if config.teacher else None
+    if not config.self_regularization:
+        return ExternalDistillation(config, external, regression) if external else Distiller()
+    static = getattr(pruner, "config", None) is not None and pruner.config.method == "smp"
+    if static:  # SMP's weights never change: a teacher is an older mask
+        def make_teacher():
+            return MaskTeacher(engine.module, pruner, comm)
+    else:
+        def make_teacher():
+            return offloaded(model_cfg.name_or_path)
+    return SelfRegularization(config, make_teacher, built.model, regression, external=external)

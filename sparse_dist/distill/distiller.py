@@ -1,0 +1,113 @@
+"""The training objective: the task loss, or distillation from a teacher, and when the teacher changes.
+
+- No teacher: the model's own task loss.
+- External teacher (``distill.teacher``): ``a_ce CE + a_kd T^2 KL`` for the whole run.
+- Self-regularization (``distill.self_regularization``, PINS): the teacher is the student's best state
+  on the dev set so far. Every evaluation that improves the task's primary metric (on all ranks, the
+  same decision everywhere) makes the teacher a copy of the current student, pruned weights and all.
+  Until the first such copy the loss is the task loss, or, if ``distill.teacher`` is given, adaptive
+  distillation from that external teacher. The loss is PINS' adaptive-alpha loss.
+
+Teachers live in CPU memory, sharded (:class:`~sparse_dist.distill.teacher.OffloadedTeacher`); for SMP,
+whose weights never change, a teacher is an older mask (:class:`~sparse_dist.distill.teacher.MaskTeacher`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+
+from sparse_dist.config import DistillConfig
+from sparse_dist.distill.losses import adaptive_kd, standard_kd
+
+log = logging.getLogger(__name__)
+
+
+class Distiller:
+    """Task loss only. Subclasses distill."""
+
+    teacher = None
+
+    def loss(self, outputs, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{"loss": what to minimise, and its parts}. All ranks call (teachers run collective forwards)."""
+        return {"loss": outputs.loss}
+
+    def on_evaluation(self, improved: bool) -> None:
+        """After every evaluation; ``improved`` is the same on all ranks. All ranks call."""
+
+    def report(self) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, states: list[dict]) -> None:
+        """Restore from the states every rank saved (resharded if the world size changed)."""
+
+
+class ExternalDistillation(Distiller):
+    def __init__(self, config: DistillConfig, teacher, regression: bool):
+        self.config, self.teacher, self.regression = config, teacher, regression
+
+    def loss(self, outputs, batch):
+        c = self.config
+        return standard_kd(outputs.logits, self.teacher.logits(batch), batch["labels"], self.regression,
+                           c.alpha_ce, c.alpha_kd, c.temperature)
+
+    def report(self):
+        return {}
+
+
+class SelfRegularization(Distiller):
+    """PINS: distil towards the best-on-dev student so far, with per-example adaptive weights."""
+
+    def __init__(self, config: DistillConfig, make_teacher: Callable[[], object], student: torch.nn.Module,
+                 regression: bool, external=None):
+        self.config = config
+        self.make_teacher = make_teacher
+        self.student = student
+        self.regression = regression
+        self.teacher = external
+        self.self_teacher = None
+        self.alphas: list[float] = []
+
+    @property
+    def active_teacher(self):
+        return self.self_teacher if self.self_teacher is not None else self.teacher
+
+    def loss(self, outputs, batch):
+        teacher = self.active_teacher
+        if teacher is None:
+            return {"loss": outputs.loss}
+        parts = adaptive_kd(outputs.logits, teacher.logits(batch), batch["labels"], self.regression,
+                            self.config.temperature)
+        self.alphas.append(float(parts["alpha"]))
+        return parts
+
+    def on_evaluation(self, improved: bool) -> None:
+        if not improved:
+            return
+        if self.self_teacher is None:
+            self.self_teacher = self.make_teacher()
+        self.self_teacher.copy_from(self.student)
+        log.info("teacher updated from the student (update %d)", self.self_teacher.updates)
+
+    def report(self):
+        scalars = {"teacher/updates": float(self.self_teacher.updates if self.self_teacher else 0)}
+        if self.alphas:
+            scalars["teacher/alpha_mean"] = sum(self.alphas) / len(self.alphas)
+            self.alphas.clear()
+        return scalars
+
+    def state_dict(self) -> dict:
+        return {"updates": self.self_teacher.updates if self.self_teacher else 0,
+                "teacher": self.self_teacher.state_dict() if self.self_teacher else None}
+
+    def load_state_dict(self, states: list[dict]) -> None:
+        if states[0].get("teacher") is not None:
+            if self.self_teacher is None:
+                self.self_teacher = self.make_teacher()
+            self.self_teacher.load_state_dict([s["teacher"] for s in states])
+            self.self_teacher.updates = states[0]["updates"]

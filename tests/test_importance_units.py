@@ -1,0 +1,87 @@
+"""PLATON/PINS importance and the distillation losses against hand computations."""
+
+import math
+
+import pytest
+import torch
+
+from sparse_dist.distill.losses import adaptive_kd, standard_kd
+from sparse_dist.pruning.importance import ImportanceState, pins_importance, platon_importance
+
+
+def reference_platon(importances: list[list[float]], window: int, beta1: float, beta2: float):
+    """PLATON's update_ipt_with_local_window, element by element, in plain Python."""
+    n = len(importances[0])
+    ipt, avg, unc = [0.0] * n, [0.0] * n, [0.0] * n
+    for step, current in enumerate(importances, start=1):
+        local = step % window
+        for i in range(n):
+            if local == 0:
+                avg[i] = beta1 * avg[i] + (1 - beta1) * ipt[i]
+                unc[i] = beta2 * unc[i] + (1 - beta2) * abs(ipt[i] - avg[i])
+                ipt[i] = current[i]
+            else:
+                ipt[i] = (ipt[i] * local + current[i]) / (local + 1)
+    return ipt, avg, unc
+
+
+def test_window_ema_and_uncertainty_follow_the_released_code():
+    torch.manual_seed(0)
+    steps = [torch.rand(5).tolist() for _ in range(23)]
+    state = ImportanceState(5, torch.device("cpu"))
+    for step, values in enumerate(steps, start=1):
+        state.observe(torch.tensor(values), step, window_steps=4, beta1=0.85, beta2=0.95)
+    ipt, avg, unc = reference_platon(steps, 4, 0.85, 0.95)
+    assert state.window.tolist() == pytest.approx(ipt, rel=1e-6)
+    assert state.average.tolist() == pytest.approx(avg, rel=1e-6)
+    assert state.uncertainty.tolist() == pytest.approx(unc, rel=1e-6)
+    assert state.score(0.95).tolist() == pytest.approx([a * u for a, u in zip(avg, unc)], rel=1e-6)
+    assert state.score(1.0).tolist() == pytest.approx(avg, rel=1e-6)
+
+
+def test_pins_score_is_minus_w_g_plus_eta_g_squared():
+    w, g = torch.tensor([0.5, -1.0, 0.0, 2.0]), torch.tensor([0.2, 0.3, -1.0, -0.1])
+    eta = 0.1
+    expected = [-0.5 * 0.2 + eta * 0.04, 1.0 * 0.3 + eta * 0.09, 0.0 + eta * 1.0, 2.0 * 0.1 + eta * 0.01]
+    assert pins_importance(w, g, eta, signed=True).tolist() == pytest.approx(expected)
+    assert pins_importance(w, g, eta, signed=False).tolist() == pytest.approx([abs(v) for v in expected])
+    assert platon_importance(w, g).tolist() == pytest.approx([0.1, 0.3, 0.0, 0.2])
+
+
+def test_adaptive_kd_equals_a_hand_computation():
+    student = torch.tensor([[2.0, 0.0, -1.0], [0.1, 0.2, 0.3]])
+    teacher = torch.tensor([[1.0, 1.0, 0.0], [3.0, -1.0, 0.0]])
+    labels = torch.tensor([0, 2])
+    T = 2.0
+    total = 0.0
+    for s, t, y in zip(student, teacher, labels):
+        p = torch.softmax(s, -1)
+        alpha = 1 - float(-(p * p.log()).sum()) / math.log(3)
+        soft_ce = -float((torch.softmax(t / T, -1) * torch.log_softmax(s / T, -1)).sum()) * T**2
+        ce = -float(torch.log_softmax(s, -1)[y])
+        total += alpha * soft_ce + (1 - alpha) * ce
+    parts = adaptive_kd(student, teacher, labels, regression=False, temperature=T)
+    assert float(parts["loss"]) == pytest.approx(total / 2)
+    confident = torch.tensor([[20.0, -20.0, -20.0]])
+    assert float(adaptive_kd(confident, teacher[:1], labels[:1], False, T)["alpha"]) == pytest.approx(1, abs=1e-6)
+
+
+def test_adaptive_kd_per_target_token_excludes_padding():
+    torch.manual_seed(1)
+    student, teacher = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
+    labels = torch.tensor([[1, 4, -100], [0, -100, -100]])
+    keep = labels != -100
+    flat = adaptive_kd(student[keep], teacher[keep], labels[keep], regression=False, temperature=2.0)
+    assert float(adaptive_kd(student, teacher, labels, False, 2.0)["loss"]) == pytest.approx(float(flat["loss"]))
+
+
+def test_standard_kd_and_regression():
+    student, teacher = torch.tensor([[1.0, -1.0]]), torch.tensor([[0.0, 2.0]])
+    T = 2.0
+    kl = float(torch.nn.functional.kl_div(torch.log_softmax(student / T, -1), torch.softmax(teacher / T, -1),
+                                          reduction="batchmean"))
+    ce = float(torch.nn.functional.cross_entropy(student, torch.tensor([1])))
+    parts = standard_kd(student, teacher, torch.tensor([1]), False, 0.5, 0.5, T)
+    assert float(parts["loss"]) == pytest.approx(0.5 * ce + 0.5 * T**2 * kl)
+    reg = adaptive_kd(torch.tensor([[1.0], [2.0]]), torch.tensor([[1.5], [2.0]]), torch.tensor([0.0, 2.0]), True, T)
+    assert float(reg["loss"]) == pytest.approx(0.5 * (0.25 / 2) + 0.5 * (1.0 / 2))

@@ -1,0 +1,230 @@
+"""Exact resume, preemption, crash safety, corrupt checkpoints, and resuming on another world size.
+
+Runs are PINS with self-regularization (importance statistics, masks, a teacher that is updated at
+evaluations) with dropout on, so that every piece of state, RNG included, must come back for the
+resumed run to end bit for bit where the uninterrupted one does.
+"""
+
+import hashlib
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch.distributed as dist
+from harness import run_distributed
+
+from runs import tiny_config
+from sparse_dist.checkpoint import Checkpointer, CheckpointError
+from sparse_dist.distributed.env import init_distributed
+from sparse_dist.distributed.gather import full_master, iter_full_parameters
+from sparse_dist.distributed.reshard import assemble
+from sparse_dist.pruning.export import full_masks
+from sparse_dist.trainer import Trainer
+
+pytestmark = pytest.mark.distributed
+STEPS, KILL_AFTER = 8, 5
+
+
+def config_for(run_dir: str, stage: int, world_size: int, dropout: float = 0.1):
+    config = tiny_config(run_dir, world_size=world_size, zero={"stage": stage},
+                         training={"global_batch_size": 4, "micro_batch_size": 2, "max_steps": STEPS,
+                                   "max_grad_norm": 0.0},
+                         eval={"eval_every_steps": 2}, checkpoint={"save_every_steps": 2, "keep_last": 3},
+                         pruning={"method": "pins", "scope": "global", "target_remaining": 0.4, "window_steps": 2,
+                                  "prune_every_steps": 2},
+                         distill={"self_regularization": True})
+    config.model.dropout = dropout
+    return config
+
+
+def digest(trainer: Trainer) -> str:
+    """Hash of everything that must match: working weights, fp32 masters, masks, the final teacher."""
+    h = hashlib.sha256()
+    for name, tensor in iter_full_parameters(trainer.engine.module):
+        h.update(name.encode())
+        h.update(tensor.numpy().tobytes())
+    for _, param in trainer.engine.module.named_parameters():
+        h.update(full_master(param).numpy().tobytes())
+    for name, mask in full_masks(trainer.pruner, trainer.comm).items():
+        h.update(name.encode())
+        h.update(mask.numpy().tobytes())
+    teacher = getattr(trainer.distiller, "self_teacher", None)
+    if teacher is not None:
+        for _, tensor in iter_full_parameters(teacher.model):
+            h.update(tensor.numpy().tobytes())
+    return h.hexdigest()
+
+
+def inject(trainer: Trainer, fault: str, rank_only: int | None = None) -> None:
+    """After step KILL_AFTER: SIGTERM (handled: save, stop) or a real SIGKILL (nothing saved after it)."""
+    step_fn = trainer.train_step
+
+    def step(batches):
+        loss = step_fn(batches)
+        if trainer.step + 1 == KILL_AFTER and (rank_only is None or dist.get_rank() == rank_only):
+            os.kill(os.getpid(), signal.SIGTERM if fault == "sigterm" else signal.SIGKILL)
+        return loss
+
+    trainer.train_step = step
+
+
+def uninterrupted_and_sigterm(stages: list[int], root: str) -> dict:
+    env = init_distributed()
+    out = {}
+    for stage in stages:
+        baseline = Trainer(config_for(f"{root}/z{stage}_baseline", stage, env.world_size), env)
+        baseline.train()
+        out[(stage, "baseline")] = digest(baseline)
+        interrupted = Trainer(config_for(f"{root}/z{stage}_sigterm", stage, env.world_size), env)
+        inject(interrupted, "sigterm", rank_only=0)  # one rank signalled: the ranks must still agree
+        stopped = interrupted.train()
+        resumed = Trainer(config_for(f"{root}/z{stage}_sigterm", stage, env.world_size), env)
+        result = resumed.train()
+        out[(stage, "sigterm")] = {"stopped_at": stopped.steps or interrupted.step, "was_stopped": stopped.stopped,
+                                   "digest": digest(resumed), "finished": result.steps}
+        dist.barrier()
+    return out
+
+
+def killed(stage: int, run_dir: str) -> None:
+    env = init_distributed()
+    trainer = Trainer(config_for(run_dir, stage, env.world_size), env)
+    inject(trainer, "sigkill")
+    trainer.train()
+
+
+def restarted(stage: int, run_dir: str, dropout: float = 0.1) -> dict:
+    env = init_distributed()
+    trainer = Trainer(config_for(run_dir, stage, env.world_size, dropout), env)
+    result = trainer.train()
+    resumed_from = sorted(p.name for p in (Path(run_dir) / "checkpoints").glob("step*"))
+    return {"digest": digest(trainer), "steps": result.steps, "checkpoints": resumed_from}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    return root, run_distributed(uninterrupted_and_sigterm, 2, [0, 1, 2, 3], str(root))[0]
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_sigterm_saves_at_the_step_boundary_and_resume_is_exact(runs, stage):
+    _, results = runs
+    record = results[(stage, "sigterm")]
+    assert record["was_stopped"] and record["finished"] == STEPS
+    assert record["digest"] == results[(stage, "baseline")], f"ZeRO-{stage}: resumed run differs"
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_sigkill_then_restart_is_exact(runs, stage, tmp_path):
+    _, results = runs
+    run_dir = str(tmp_path / "run")
+    with pytest.raises(RuntimeError, match="produced no result"):
+        run_distributed(killed, 2, stage, run_dir)
+    saved = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step*"))
+    assert saved == ["step00000002", "step00000004"]  # the last save before the kill after step 5
+    result = run_distributed(restarted, 2, stage, run_dir)[0]
+    assert result["steps"] == STEPS
+    assert result["digest"] == results[(stage, "baseline")], f"ZeRO-{stage}: restarted run differs"
+
+
+def crash_during_save(run_dir: str) -> None:
+    env = init_distributed()
+    trainer = Trainer(config_for(run_dir, 2, env.world_size), env)
+    write = Checkpointer._write_manifest
+
+    def dying(self, path, step):
+        if step == 4:  # DeepSpeed's files and the trainer state are written; manifest and marker are not
+            os.kill(os.getpid(), signal.SIGKILL)
+        write(self, path, step)
+
+    Checkpointer._write_manifest = dying
+    trainer.train()
+
+
+def test_a_crash_in_the_middle_of_a_save_leaves_the_previous_checkpoint_in_use(runs, tmp_path):
+    _, results = runs
+    run_dir = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="produced no result"):
+        run_distributed(crash_during_save, 2, str(run_dir))
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step00000002"
+    assert (run_dir / "checkpoints" / "step00000004").is_dir()  # the half-written one
+    result = run_distributed(restarted, 2, 2, str(run_dir))[0]
+    assert result["digest"] == results[(2, "baseline")]
+
+
+def test_a_corrupt_checkpoint_is_reported_and_the_previous_one_used(runs, tmp_path, capfd):
+    root, results = runs
+    run_dir = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="produced no result"):
+        run_distributed(killed, 2, 1, str(run_dir))
+    victim = next((run_dir / "checkpoints" / "step00000004").rglob("*optim_states.pt"))
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])  # truncated
+    result = run_distributed(restarted, 2, 1, str(run_dir))[0]
+    assert result["digest"] == results[(1, "baseline")]
+    err = capfd.readouterr().err
+    assert f"checkpoint {run_dir / 'checkpoints' / 'step00000004'} is not usable" in err
+    assert "truncated" in err and "resumed from" in err and "step00000002" in err
+
+
+def full_pruning_state(trainer: Trainer) -> str:
+    """Hash of the whole model's pruning statistics (every rank's fragments assembled). All ranks call."""
+    state = trainer.pruner.state_dict()
+    states = [None] * dist.get_world_size()
+    dist.all_gather_object(states, state)
+    h = hashlib.sha256()
+    for key in sorted(state["tensors"]):
+        for i in range(len(state["layout"])):
+            pieces = [(s["layout"][i][0], s["tensors"][key][i]) for s in states]
+            total = sum(s["layout"][i][1] for s in states)
+            h.update(assemble(pieces, 0, total).numpy().tobytes())
+    h.update(repr((state["target"], state["updates"])).encode())
+    return h.hexdigest()
+
+
+def stop_after(stage: int, run_dir: str) -> tuple[str, str]:
+    """Train until the SIGTERM after step KILL_AFTER; the state that was saved, as digests."""
+    env = init_distributed()
+    trainer = Trainer(config_for(run_dir, stage, env.world_size), env)
+    inject(trainer, "sigterm")
+    assert trainer.train().stopped
+    return digest(trainer), full_pruning_state(trainer)
+
+
+def restore_and_finish(stage: int, run_dir: str) -> dict:
+    env = init_distributed()
+    trainer = Trainer(config_for(run_dir, stage, env.world_size), env)
+    assert trainer.restore()
+    restored = {"step": trainer.step, "digest": digest(trainer), "pruning": full_pruning_state(trainer)}
+    finished = Trainer(config_for(run_dir, stage, env.world_size), env).train()
+    return {**restored, "steps": finished.steps, "remaining": finished.sparsity["remaining"]}
+
+
+def test_resume_on_another_world_size_reshards_the_pruning_state(tmp_path):
+    # ZeRO-0's engine state is whole in the checkpoint; the masks, importance statistics and the teacher's
+    # partitions that two ranks saved are assembled into one rank's fragments: the restored state is
+    # exactly the saved one, and the run finishes on one rank at the exact target.
+    run_dir = str(tmp_path / "run")
+    saved, saved_pruning = run_distributed(stop_after, 2, 0, run_dir)[0]
+    result = run_distributed(restore_and_finish, 1, 0, run_dir)[0]
+    assert result["step"] == KILL_AFTER
+    assert result["digest"] == saved and result["pruning"] == saved_pruning
+    assert result["steps"] == STEPS and result["remaining"] == round(0.4 * 16_384) / 16_384
+
+
+def resume_elsewhere(stage: int, run_dir: str) -> str:
+    env = init_distributed()
+    try:
+        Trainer(config_for(run_dir, stage, env.world_size), env).train()
+    except CheckpointError as error:
+        return str(error)
+    return ""
+
+
+def test_a_zero_checkpoint_says_clearly_that_it_needs_its_world_size(tmp_path):
+    run_dir = str(tmp_path / "run")
+    run_distributed(stop_after, 2, 2, run_dir)
+    message = run_distributed(resume_elsewhere, 1, 2, run_dir)[0]
+    assert "written by 2 ranks under ZeRO-2 and this job has 1" in message
+    assert "Resume with 2 ranks" in message
