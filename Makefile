@@ -1,7 +1,8 @@
 # Two commands on a fresh machine:
 #   make demo   set up, then run the main job (SMP-S pruning of the real MiniLM on SST-2, 2 ranks)
 #   make test   set up, then run the test suite
-# `make setup` alone creates .venv with everything installed.
+# `make setup` alone creates .venv with everything installed; `make slurm` installs SLURM and munge
+# (system packages, as root) for the tests that run the job scripts on a one-node cluster.
 
 PYTHON ?= python3
 VENV := .venv
@@ -10,7 +11,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 NUM_RANKS ?= 2
 
-.PHONY: setup demo test lint clean
+.PHONY: setup slurm demo test lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +23,14 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 setup: $(VENV)/.installed
 
+slurm:
+	@command -v sbatch >/dev/null && command -v munged >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge; }
+
 demo: setup
 	$(BIN)/deepspeed --num_gpus $(NUM_RANKS) launch/train.py --config configs/smp_minilm_sst2.yaml
 
-test: setup
+test: setup slurm
 	$(BIN)/python -m pytest -q
 
 lint: setup

@@ -190,8 +190,9 @@ class PruningConfig:
     """Initial value of every mask score."""
     temperature: float = 1.0
     """Temperature p of sigmoid(S / p) in SMP-S budgets and in the sigmoid-mass regulariser."""
-    regularizer_lambda: float = 0.0
-    """Final weight of the sigmoid-mass regulariser (soft_movement and smp; the papers use 400)."""
+    regularizer_lambda: float = 400.0
+    """Final weight of the sigmoid-mass regulariser (soft_movement and smp), the papers' 400; 0 turns it off.
+    SMP needs it: without it, SMP-S on a small model collapses to chance once half the weights are gone."""
     soft_threshold: float = 0.1
     """Final sigmoid threshold tau of soft movement (ramped from 0 with the schedule)."""
     window_steps: int = 10

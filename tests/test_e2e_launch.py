@@ -1,5 +1,6 @@
 """End to end through the real launchers: ``deepspeed`` and ``torchrun`` with 2 CPU ranks."""
 
+import json
 import os
 import subprocess
 import sys
@@ -56,3 +57,22 @@ def test_torchrun_zero2_tiny_bert(tmp_path, data_dir):
     assert "2 rank(s), ZeRO-2" in done.stdout
     assert (run_dir / "config.yaml").is_file() and (run_dir / "final" / "model" / "model.safetensors").is_file()
     assert scalar_tags(run_dir)["eval/accuracy"] == [4, 8]
+
+
+@pytest.mark.parametrize("config, metric", [("configs/tiny_pins_bert_rte.yaml", "accuracy"),
+                                            ("configs/tiny_pins_t5_webnlg.yaml", "bleu")])
+def test_deepspeed_launcher_zero3_tiny_pins(config, metric, tmp_path, data_dir):
+    """PINS with self-regularization from the offloaded teacher, 12 steps to 30% remaining, ZeRO-3."""
+    run_dir = tmp_path / "run"
+    done = launch([str(BIN / "deepspeed"), "--num_gpus", "2", "launch/train.py", "--config", config,
+                   f"job.run_dir={run_dir}", f"data.local_dir={data_dir}", "zero.stage=3",
+                   "metrics.progress_bar=false"])
+    assert "12 steps, 2 rank(s), ZeRO-3" in done.stdout
+    assert "teacher updated from the student (update 1)" in done.stdout + done.stderr
+    tags = scalar_tags(run_dir)
+    for tag in ("prune/remaining", "prune/threshold", "importance/mean", "teacher/updates", "teacher/alpha_mean",
+                "train/kd_loss", "train/ce_loss", f"eval/{metric}"):
+        assert tag in tags, f"missing TensorBoard tag {tag}"
+    report = json.loads((run_dir / "final" / "model" / "sparsity.json").read_text())
+    assert report["remaining"] == pytest.approx(0.3, abs=1e-4)
+    assert json.loads((run_dir / "COMPLETED").read_text())["steps"] == 12

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import sys
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -110,6 +111,9 @@ def init_logging(rank: int, level: int = logging.INFO) -> None:
     import datasets
 
     datasets.disable_progress_bars()  # the log says what is being loaded; bars per split are clutter
+    # DeepSpeed's ZeRO all-gathers call a torch collective that torch now marks deprecated, and the
+    # warning is repeated at every step; it is about DeepSpeed's code, not the run.
+    warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
     for noisy in ("DeepSpeed", "deepspeed", "torch.distributed", "transformers", "datasets", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
