@@ -138,7 +138,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--world-sizes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--replot", action="store_true", help="redraw the plot from the saved JSON and exit")
     args = parser.parse_args()
+    if args.replot:
+        plot(json.loads((RESULTS / "teacher_benchmark.json").read_text())["results"], RESULTS / "teacher_benchmark.png")
+        return
     rows = []
     for world_size in args.world_sizes:
         for design in DESIGNS:
@@ -190,10 +194,10 @@ def plot(rows: list[dict], path: Path) -> None:
         axis.set_title(title)
     layer = rows[0]["largest_layer_bytes"] / 2**20
     axes[1].axhline(layer, color="gray", linestyle="--", label="one transformer layer")
-    axes[0].legend()
-    axes[1].legend()
+    handles, labels = axes[1].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=4, frameon=False)
     figure.suptitle("PINS self-regularization on all-MiniLM-L6-v2 (SST-2, batch 32, ZeRO-2 student), CPU")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.08, 1, 1))
     figure.savefig(path, dpi=120)
 
 
