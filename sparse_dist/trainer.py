@@ -198,8 +198,11 @@ class Trainer:
     def _write_completion_marker(self) -> None:
         """<run_dir>/COMPLETED: the run reached its last step (job scripts requeue until it exists)."""
         if self.env.is_main:
+            schedule = getattr(self.pruner, "schedule", None)
+            evals = [{"step": step, "target_remaining": schedule.remaining(step) if schedule else 1.0, **metrics}
+                     for step, metrics in self.result.evals]
             summary = {"steps": self.step, "final": self.result.final_metrics, "best": self.result.best_metric,
-                       "sparsity": self.result.sparsity}
+                       "sparsity": self.result.sparsity, "evals": evals}
             (self.run_dir / "COMPLETED").write_text(json.dumps(summary, indent=1))
 
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:

@@ -56,7 +56,7 @@ def test_template_merges_nested_keys(tmp_path):
     template = tmp_path / "t.json"
     template.write_text(json.dumps({"zero_optimization": {"reduce_bucket_size": 1000}, "steps_per_print": 5}))
     ds = derive(["zero.stage=2", f"zero.template={template}"])
-    assert ds["zero_optimization"] == {"stage": 2, "reduce_bucket_size": 1000}
+    assert ds["zero_optimization"] == {"stage": 2, "reduce_bucket_size": 1000, "memory_efficient_linear": False}
     assert ds["steps_per_print"] == 5
 
 

@@ -29,6 +29,7 @@ def distil(root: str, teacher: str, stage: int) -> dict:
                          pruning={"method": "movement", "scope": "global", "target_remaining": 0.5},
                          distill={"teacher": teacher})
     trainer = Trainer(config, env)
+    result = trainer.train()  # 3 steps; then the loss on a fixed batch, with the masks of the last update
     batch = trainer.task_data.collator([trainer.task_data.train[i] for i in range(4)])
     student = trainer.engine.module.eval()
     with torch.no_grad():
@@ -36,7 +37,6 @@ def distil(root: str, teacher: str, stage: int) -> dict:
         parts = trainer.distiller.loss(outputs, batch)
         teacher_logits = trainer.distiller.teacher.logits(batch)
     student_logits = outputs.logits
-    result = trainer.train()
     return {"loss": float(parts["loss"]), "student": student_logits, "teacher": teacher_logits,
             "labels": batch["labels"], "inputs": {k: v for k, v in batch.items() if k not in ("labels", "idx")},
             "final_loss_finite": all(torch.isfinite(torch.tensor(v)) for v in result.final_metrics.values()),
