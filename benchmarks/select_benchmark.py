@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from provenance import provenance
 
 from sparse_dist.distributed.comm import TorchCommunicator
 from sparse_dist.distributed.select import GroupLayout, ScoreShard, select_topk
@@ -109,12 +107,7 @@ def main() -> None:
         row["time_over_floor"] = ours["time_s"] / floor["time_s"]
         rows.append(row)
     report = {
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
-        "uncommitted_changes": bool(subprocess.run(
-            ["git", "status", "--porcelain", "--", "sparse_dist", "benchmarks", ":!benchmarks/results"],
-            capture_output=True, text=True).stdout.strip()),
-        "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
+        **provenance(),
         "world_size": WORLD_SIZE, "keep_fraction": KEEP_FRACTION, "results": rows,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

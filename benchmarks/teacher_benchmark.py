@@ -22,16 +22,14 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import resource
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from provenance import provenance
 
 from sparse_dist.config import load_config
 from sparse_dist.distributed.spawn import run_distributed
@@ -160,12 +158,7 @@ def main() -> None:
         row["step_time_vs_none"] = row["step_time_s"] / base["step_time_s"]
         row["host_share_of_model"] = row["teacher_host_bytes"] / row["model_bytes"]
         row["device_peak_vs_largest_layer"] = row["teacher_device_peak_bytes"] / row["largest_layer_bytes"]
-    report = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-              "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
-              "uncommitted_changes": bool(subprocess.run(
-                  ["git", "status", "--porcelain", "--", "sparse_dist", "benchmarks", ":!benchmarks/results"],
-                  capture_output=True, text=True).stdout.strip()),
-              "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
+    report = {**provenance(),
               "model": "sentence-transformers/all-MiniLM-L6-v2", "global_batch": 32, "results": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "teacher_benchmark.json").write_text(json.dumps(report, indent=1))

@@ -1,0 +1,210 @@
+"""Task metric against remaining weights, every method side by side, from real runs of sparse_dist.
+
+    python benchmarks/quality_benchmark.py                          # SST-2, every method, 50% and 10%
+    python benchmarks/quality_benchmark.py --tasks sst2 mrpc rte --remaining 0.5 0.1 0.03
+    python benchmarks/quality_benchmark.py --steps 3000 --train-examples 0 --nproc 8   # a GPU machine
+
+Each run is the real trainer started by the ``deepspeed`` launcher (2 ranks, ZeRO-2), on the real
+all-MiniLM-L6-v2 and the task's data from ``../shared/data``, in ``runs/quality/<task>/<run>``; the
+method's hyperparameters are below, scaled to ``--steps``. A run whose ``COMPLETED`` marker exists is
+not run again, and an interrupted run resumes from its checkpoint, so re-running the same command
+continues a sweep. Reported per run: the best dev metric among the evaluations at the target sparsity
+(the final phase of the schedule; for soft movement, whose kept fraction is not fixed, the final
+evaluation), the achieved remaining fraction, and the wall time. Writes
+``benchmarks/results/quality_benchmark.{json,md,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from provenance import provenance
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+METHODS = ("magnitude", "movement", "soft_movement", "smp_l", "smp_s", "platon", "pins")
+METRIC = {"sst2": "accuracy", "mrpc": "f1", "rte": "accuracy"}
+LABELS = {"magnitude": "magnitude", "movement": "movement", "soft_movement": "soft movement",
+          "smp_l": "SMP-L", "smp_s": "SMP-S", "platon": "PLATON", "pins": "PINS"}
+
+
+def method_overrides(method: str, remaining: float, steps: int) -> list[str]:
+    """The papers' settings for ``method`` (METHODS.md), on a budget of ``steps`` optimizer steps.
+
+    Weight-training methods: AdamW at 1e-4 (the dense run's), cubic schedule with 10% initial and 20%
+    final warm-up (Movement Pruning's 1 and 2 epochs of 10). SMP: frozen weights and label-word head,
+    scores at 2e-2, a linear ramp with the last quarter at the target (a 6-layer model does not survive a
+    cubic ramp at this budget), regulariser 400. PLATON/PINS: window 10, beta 0.85/0.95; PINS adds
+    self-regularization with the teacher refreshed at each dev improvement.
+    """
+    initial, final = steps // 10, steps // 5
+    common = [f"pruning.target_remaining={remaining}", f"pruning.initial_warmup_steps={initial}",
+              f"pruning.final_warmup_steps={final}", "pruning.schedule=cubic"]
+    if method == "magnitude":
+        return [*common, "pruning.method=magnitude", "pruning.scope=global", "pruning.prune_every_steps=10"]
+    if method == "movement":
+        return [*common, "pruning.method=movement", "pruning.scope=global", "pruning.score_lr=1e-2"]
+    if method == "soft_movement":
+        return [*common, "pruning.method=soft_movement", "pruning.score_lr=1e-2", "pruning.regularizer_lambda=400",
+                f"pruning.soft_threshold={0.1 if remaining >= 0.3 else 0.25}"]
+    if method in ("smp_l", "smp_s"):
+        return [f"pruning.target_remaining={remaining}", "pruning.method=smp", "model.head=label_words",
+                f"pruning.scope={'local' if method == 'smp_l' else 'per_type'}", "pruning.schedule=linear",
+                f"pruning.final_warmup_steps={steps // 4}", "pruning.score_lr=2e-2", "pruning.regularizer_lambda=400",
+                "optimizer.warmup_steps=0", "optimizer.schedule=linear"]
+    if method in ("platon", "pins"):
+        extra = ["distill.self_regularization=true"] if method == "pins" else []
+        return [*common, f"pruning.method={method}", "pruning.scope=global", "pruning.window_steps=10",
+                "pruning.prune_every_steps=10", *extra]
+    raise ValueError(f"unknown method {method!r}; choose from dense, {', '.join(METHODS)}")
+
+
+def plan(args) -> list[dict]:
+    runs = []
+    for task in args.tasks:
+        runs.append({"task": task, "method": "dense", "remaining": 1.0, "name": "dense", "overrides": []})
+        for remaining in args.remaining:
+            for method in args.methods:
+                runs.append({"task": task, "method": method, "remaining": remaining,
+                             "name": f"{method}_{remaining:g}",
+                             "overrides": method_overrides(method, remaining, args.steps)})
+    return runs
+
+
+def launch(run: dict, args, run_dir: Path, log_path: Path) -> int:
+    eval_every = max(1, args.steps // 6)
+    command = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(args.nproc),
+               "--master_port", str(args.port), "launch/train.py", "--config", "configs/minilm_sst2.yaml",
+               f"job.run_dir={run_dir}", f"job.name=quality-{run['task']}-{run['name']}", f"job.seed={args.seed}",
+               f"data.task={run['task']}", f"data.max_train_examples={args.train_examples or 'null'}",
+               f"training.max_steps={args.steps}", f"optimizer.warmup_steps={args.steps // 10}",
+               f"eval.eval_every_steps={eval_every}", f"checkpoint.save_every_steps={eval_every}",
+               "checkpoint.save_final_model=false", "metrics.progress_bar=false", *run["overrides"]]
+    if args.data_dir:
+        command.append(f"data.local_dir={args.data_dir}")
+    with log_path.open("a") as log:
+        log.write(f"\n$ {' '.join(command)}\n")
+        log.flush()
+        return subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()).returncode
+
+
+def summarise(run: dict, run_dir: Path, wall_s: float | None) -> dict:
+    summary = json.loads((run_dir / "COMPLETED").read_text())
+    metric = METRIC[run["task"]]
+    evals = summary["evals"]
+    at_target = [e for e in evals if abs(e["target_remaining"] - run["remaining"]) < 1e-9]
+    if run["method"] == "soft_movement" or not at_target:
+        at_target = evals[-1:]
+    return {**{k: run[k] for k in ("task", "method", "remaining", "name")}, "metric": metric,
+            "best_at_target": max(e[metric] for e in at_target), "final": summary["final"][metric],
+            "achieved_remaining": summary["sparsity"]["remaining"] if summary.get("sparsity") else 1.0,
+            "evals": evals, "wall_s": wall_s, "run_dir": str(run_dir)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["sst2"], choices=sorted(METRIC))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--remaining", nargs="+", type=float, default=[0.5, 0.1])
+    parser.add_argument("--steps", type=int, default=300, help="optimizer steps per run (global batch 32)")
+    parser.add_argument("--train-examples", type=int, default=8000, help="training subset; 0 for all")
+    parser.add_argument("--nproc", type=int, default=2, help="ranks per run (GPUs, or CPU processes)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--port", type=int, default=29613)
+    parser.add_argument("--data-dir", default=None, help="data.local_dir (default: the config's ../shared/data)")
+    parser.add_argument("--runs-dir", default="runs/quality")
+    parser.add_argument("--results-dir", default=str(RESULTS))
+    args = parser.parse_args()
+
+    results = Path(args.results_dir)
+    results.mkdir(parents=True, exist_ok=True)
+    runs, rows = plan(args), []
+    timings_path = REPO / args.runs_dir / "wall_times.json"
+    timings_path.parent.mkdir(parents=True, exist_ok=True)
+    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    bar = tqdm(runs, desc="sweep", unit="run")
+    for run in bar:
+        run_dir = (REPO / args.runs_dir / run["task"] / run["name"]).resolve()
+        key = f"{run['task']}/{run['name']}"
+        bar.set_postfix_str(key)
+        if not (run_dir / "COMPLETED").exists():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            start = time.time()
+            status = launch(run, args, run_dir, run_dir.parent / f"{run['name']}.log")
+            if status != 0 or not (run_dir / "COMPLETED").exists():
+                tqdm.write(f"{key}: failed with status {status}; see {run_dir.parent / (run['name'] + '.log')}")
+                continue
+            timings[key] = timings.get(key, 0.0) + time.time() - start
+            timings_path.write_text(json.dumps(timings, indent=1))
+        row = summarise(run, run_dir, timings.get(key))
+        rows.append(row)
+        tqdm.write(f"{key}: {row['metric']} {row['best_at_target']:.4f} at {row['achieved_remaining']:.3f} remaining")
+    report = {**provenance(), "model": "sentence-transformers/all-MiniLM-L6-v2", "nproc": args.nproc, "zero": 2,
+              "steps": args.steps, "global_batch": 32, "train_examples": args.train_examples, "seed": args.seed,
+              "sweep_wall_s": sum(r["wall_s"] or 0 for r in rows), "results": rows}
+    (results / "quality_benchmark.json").write_text(json.dumps(report, indent=1))
+    (results / "quality_benchmark.md").write_text(table(rows, args))
+    plot(rows, results / "quality_benchmark.png", args)
+    print(table(rows, args))
+    print(f"wrote {results}/quality_benchmark.json, .md and .png")
+
+
+def table(rows: list[dict], args) -> str:
+    lines = []
+    for task in args.tasks:
+        task_rows = [r for r in rows if r["task"] == task]
+        if not task_rows:
+            continue
+        dense = next((r for r in task_rows if r["method"] == "dense"), None)
+        lines += [f"### {task} ({METRIC[task]}, dev; dense fine-tuning "
+                  f"{dense['best_at_target']:.4f})" if dense else f"### {task}", "",
+                  "| method | " + " | ".join(f"{r:g} remaining" for r in args.remaining) + " |",
+                  "|---|" + "---|" * len(args.remaining)]
+        for method in args.methods:
+            cells = []
+            for remaining in args.remaining:
+                r = next((x for x in task_rows if x["method"] == method and x["remaining"] == remaining), None)
+                cells.append(f"{r['best_at_target']:.4f} ({r['achieved_remaining']:.3f})" if r else "not run")
+            lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path, args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in args.tasks if any(r["task"] == t for r in rows)]
+    figure, axes = plt.subplots(1, max(1, len(tasks)), figsize=(5.5 * max(1, len(tasks)), 4.2), squeeze=False)
+    for axis, task in zip(axes[0], tasks):
+        for method in args.methods:
+            points = sorted((r["achieved_remaining"], r["best_at_target"]) for r in rows
+                            if r["task"] == task and r["method"] == method)
+            if points:
+                axis.plot(*zip(*points), marker="o", label=LABELS[method])
+        dense = next((r for r in rows if r["task"] == task and r["method"] == "dense"), None)
+        if dense:
+            axis.axhline(dense["best_at_target"], color="black", linestyle="--", label="dense fine-tuning")
+        axis.set_xscale("log")
+        axis.set_xlabel("remaining fraction of prunable weights (log)")
+        axis.set_ylabel(f"dev {METRIC[task]}")
+        axis.set_title(task.upper())
+        axis.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=min(8, len(labels)), frameon=False)
+    figure.suptitle(f"all-MiniLM-L6-v2, {args.steps} steps of batch 32, 2 ranks ZeRO-2 (CPU)")
+    figure.tight_layout(rect=(0, 0.1, 1, 1))
+    figure.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
