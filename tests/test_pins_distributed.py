@@ -2,6 +2,7 @@
 
 import hashlib
 import math
+import re
 
 import pytest
 import torch
@@ -165,6 +166,23 @@ def test_global_kept_count_exact_and_pruned_weights_zero_after_every_update(ever
     assert updates[-1]["target"] == 0.5
 
 
+def live_parameter_peak(model: torch.nn.Module) -> dict:
+    """The most teacher parameter bytes gathered at once during its forward passes (ZeRO-3 status)."""
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    params, peak = list(model.named_parameters()), {"bytes": 0, "names": []}
+
+    def measure(*_):
+        live = [(n, p.ds_numel * 4) for n, p in params if p.ds_status == ZeroParamStatus.AVAILABLE]
+        if sum(b for _, b in live) > peak["bytes"]:
+            peak["bytes"], peak["names"] = sum(b for _, b in live), [n for n, _ in live]
+
+    for module in model.modules():
+        module.register_forward_pre_hook(lambda *_: measure())
+        module.register_forward_hook(lambda *_: measure())
+    return peak
+
+
 def teacher_matches_student(model: str, task: str, stage: int, method: str, root: str) -> dict:
     """Right after a teacher update, the teacher's logits equal the student's, bit for bit."""
     env = init_distributed()
@@ -181,10 +199,17 @@ def teacher_matches_student(model: str, task: str, stage: int, method: str, root
     with torch.no_grad():
         student_logits = student(**batch).logits
     teacher.copy_from(trainer.built.model)
+    peak = live_parameter_peak(teacher.model) if method != "smp" else None
     teacher_logits = teacher.logits(batch)
     model_bytes = sum(int(math.prod(p.shape if not hasattr(p, "ds_shape") else p.ds_shape)) * 4
                       for p in trainer.built.model.parameters())
+    largest_block = 0
+    if peak:
+        blocks = [m for name, m in teacher.model.named_modules() if re.fullmatch(r".*\.(layer|block)\.\d+", name)]
+        largest_block = max(sum(p.ds_numel * 4 for p in b.parameters()) for b in blocks)
     return {"equal": bool(torch.equal(student_logits, teacher_logits)), "updates": teacher.updates,
+            "device_peak": peak["bytes"] if peak else 0, "peak_names": peak["names"] if peak else [],
+            "largest_block": largest_block,
             "host_bytes": teacher.host_bytes(), "model_bytes": model_bytes, "kind": type(teacher).__name__,
             "prunable": sum(s.numel for s in trainer.pruner.sites), "matrices": len(trainer.pruner.sites)}
 
@@ -198,6 +223,11 @@ def test_offloaded_teacher_gives_the_students_logits_bit_for_bit(model, task, st
         assert result["equal"]
         # Each rank keeps its partition only: 1/world_size of a model copy (plus partition padding).
         assert result["host_bytes"] <= result["model_bytes"] / world_size * 1.05 + 4096
+        # On the device: one module at a time; embedding tables are read from the partitions, never
+        # gathered. BERT: never more than one encoder layer. T5's tied LM head still gathers its table.
+        assert 0 < result["device_peak"]
+        if model == "tiny-bert":
+            assert result["device_peak"] <= result["largest_block"], result["peak_names"]
 
 
 def test_smp_teacher_is_an_older_mask(tmp_path):

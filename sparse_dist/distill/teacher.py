@@ -3,9 +3,11 @@
 :class:`OffloadedTeacher` is a second copy of the model held the ZeRO-3 way whatever the student's ZeRO
 stage: each rank keeps only its partition of every parameter, in CPU memory (pinned on a GPU machine),
 and DeepSpeed brings one module's parameters at a time to the compute device for the no-grad forward
-(parameter offload, no prefetch, nothing kept resident). Per rank that is ``1/world_size`` of a model in
-host memory and about one layer in accelerator memory, where the reference design of self-
-regularization keeps two extra full copies on the accelerator.
+(parameter offload, no prefetch, nothing kept resident). Embedding tables are not brought over at all:
+their rows are read from the partitions where they lie (:mod:`sparse_dist.distributed.partition_lookup`).
+Per rank that is ``1/world_size`` of a model in host memory and at most one layer in accelerator memory
+(a tied LM head, as in T5, still gathers its table), where the reference design of self-regularization
+keeps two extra full copies on the accelerator.
 
 Refreshing it from the student copies, for every parameter, the range of elements this rank's teacher
 partition holds, taken from the student's working copy on the same rank: a local copy, no gather. (Under
@@ -27,6 +29,7 @@ import torch
 from sparse_dist.distributed.bitmask import PackedMask
 from sparse_dist.distributed.comm import Communicator
 from sparse_dist.distributed.masking import gather_full_mask
+from sparse_dist.distributed.partition_lookup import apply_partition_lookup
 from sparse_dist.pruning.masked_linear import MaskedLinear
 
 log = logging.getLogger(__name__)
@@ -67,6 +70,7 @@ class OffloadedTeacher:
         self.engine.eval()
         for param in self.engine.module.parameters():
             param.requires_grad = False
+        apply_partition_lookup(self.engine.module)  # embedding tables are read in place, never gathered
         if student_integration is not None:  # give transformers back the student's ZeRO-3 integration
             from transformers.integrations.deepspeed import set_hf_deepspeed_config
 
