@@ -10,15 +10,23 @@ from pathlib import Path
 
 import torch
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def code_version() -> dict:
+    """The commit of the checkout and whether the code that runs (not results or docs) differs from it."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    code = ("sparse_dist", "launch", "configs", "benchmarks", ":!benchmarks/results")
+    changed = git("status", "--porcelain", "--", *code)
+    return {"commit": git("rev-parse", "HEAD"), "uncommitted_changes": bool(changed)}
+
 
 def provenance() -> dict:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True).stdout.strip()
-
     return {
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "commit": git("rev-parse", "HEAD"),
-        "uncommitted_changes": bool(git("status", "--porcelain", "--", "sparse_dist", "launch", "benchmarks",
-                                        ":!benchmarks/results")),
+        **code_version(),
         "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
     }
