@@ -24,6 +24,13 @@ def code_version() -> dict:
     return {"commit": git("rev-parse", "HEAD"), "uncommitted_changes": bool(changed)}
 
 
+def trainer_unchanged_since(commit: str) -> bool:
+    """Whether the trainer (package, launcher, configs) at HEAD is the same as at ``commit``."""
+    trainer = ("sparse_dist", "launch", "configs")
+    diff = subprocess.run(["git", "diff", "--quiet", commit, "HEAD", "--", *trainer], cwd=REPO)
+    return diff.returncode == 0
+
+
 def provenance() -> dict:
     return {
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from provenance import code_version, provenance
+from provenance import code_version, provenance, trainer_unchanged_since
 from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,7 +94,7 @@ def plan(args) -> list[dict]:
     return runs
 
 
-def launch(run: dict, args, run_dir: Path, log_path: Path) -> int:
+def training_command(run: dict, args, run_dir: Path) -> list[str]:
     eval_every = max(1, args.steps // 6)
     command = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(args.nproc),
                "--master_port", str(args.port), "launch/train.py", "--config", "configs/minilm_sst2.yaml",
@@ -105,10 +105,29 @@ def launch(run: dict, args, run_dir: Path, log_path: Path) -> int:
                "checkpoint.save_final_model=false", "metrics.progress_bar=false", *run["overrides"]]
     if args.data_dir:
         command.append(f"data.local_dir={args.data_dir}")
+    return command
+
+
+def launch(command: list[str], log_path: Path) -> int:
     with log_path.open("a") as log:
         log.write(f"\n$ {' '.join(command)}\n")
         log.flush()
         return subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()).returncode
+
+
+def same_code(entry: dict, command: list[str], log_path: Path) -> bool:
+    """Whether a finished run was made by this checkout's trainer with the command this runner would give.
+
+    True when every commit the run was made at (it may have been resumed) had no uncommitted changes and
+    the same trainer code as HEAD, and the last command in the run's log equals ``command`` (apart from
+    the launcher's own path). A change to plotting or tables does not make earlier runs foreign.
+    """
+    if not entry.get("code") or any(v["uncommitted_changes"] for v in entry["code"]):
+        return False
+    if not all(trainer_unchanged_since(v["commit"]) for v in entry["code"]):
+        return False
+    launched = [line[2:].split(" ", 1)[1] for line in log_path.read_text().splitlines() if line.startswith("$ ")]
+    return bool(launched) and launched[-1] == " ".join(command[1:])
 
 
 def summarise(run: dict, run_dir: Path, entry: dict) -> dict:
@@ -150,6 +169,7 @@ def main() -> None:
     for run in bar:
         run_dir = (REPO / args.runs_dir / run["task"] / run["name"]).resolve()
         key = f"{run['task']}/{run['name']}"
+        command, log_path = training_command(run, args, run_dir), run_dir.parent / f"{run['name']}.log"
         bar.set_postfix_str(key)
         if not (run_dir / "COMPLETED").exists():
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -157,19 +177,20 @@ def main() -> None:
             if version not in entry["code"]:  # a run resumed by different code says so in the results
                 entry["code"].append(version)
             start = time.time()
-            status = launch(run, args, run_dir, run_dir.parent / f"{run['name']}.log")
+            status = launch(command, log_path)
             entry["wall_s"] += time.time() - start
             ledger_path.write_text(json.dumps(ledger, indent=1))
             if status != 0 or not (run_dir / "COMPLETED").exists():
-                tqdm.write(f"{key}: failed with status {status}; see {run_dir.parent / (run['name'] + '.log')}")
+                tqdm.write(f"{key}: failed with status {status}; see {log_path}")
                 continue
         row = summarise(run, run_dir, ledger.get(key, {}))
+        row["made_by_this_code"] = same_code(ledger.get(key, {}), command, log_path)
         rows.append(row)
         tqdm.write(f"{key}: {row['metric']} {row['best_at_target']:.4f} at {row['achieved_remaining']:.3f} remaining")
-    same_code = all(row["code"] == [version] for row in rows)
-    if not same_code:
-        tqdm.write("warning: not every run was made entirely by this checkout's code; see each result's 'code'")
-    report = {**provenance(), "all_runs_by_this_code": same_code,
+    all_same = all(row["made_by_this_code"] for row in rows)
+    if not all_same:
+        tqdm.write("warning: some runs were made by other trainer code or settings; see 'made_by_this_code'")
+    report = {**provenance(), "all_runs_by_this_code": all_same,
               "model": "sentence-transformers/all-MiniLM-L6-v2", "nproc": args.nproc, "zero": 2,
               "steps": args.steps, "global_batch": 32, "train_examples": args.train_examples, "seed": args.seed,
               "sweep_wall_s": sum(r["wall_s"] or 0 for r in rows), "results": rows}
@@ -208,7 +229,9 @@ def plot(rows: list[dict], path: Path, args) -> None:
     import matplotlib.pyplot as plt
 
     tasks = [t for t in args.tasks if any(r["task"] == t for r in rows)]
-    figure, axes = plt.subplots(1, max(1, len(tasks)), figsize=(5.5 * max(1, len(tasks)), 4.2), squeeze=False)
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    figure, axes = plt.subplots(1, max(1, len(tasks)), figsize=(6.5 * max(1, len(tasks)) + 1.6, 4.6), squeeze=False)
     for axis, task in zip(axes[0], tasks):
         for method in args.methods:
             points = sorted((r["achieved_remaining"], r["best_at_target"]) for r in rows
@@ -219,14 +242,20 @@ def plot(rows: list[dict], path: Path, args) -> None:
         if dense:
             axis.axhline(dense["best_at_target"], color="black", linestyle="--", label="dense fine-tuning")
         axis.set_xscale("log")
+        achieved = [r["achieved_remaining"] for r in rows if r["task"] == task and r["method"] != "dense"]
+        off_target = {x for x in achieved if all(abs(x / t - 1) > 0.15 for t in args.remaining)}
+        shown = sorted(set(args.remaining) | off_target)
+        axis.xaxis.set_major_locator(FixedLocator(shown))
+        axis.xaxis.set_minor_locator(NullLocator())
+        axis.set_xticklabels([f"{x:.3g}" for x in shown])
         axis.set_xlabel("remaining fraction of prunable weights (log)")
         axis.set_ylabel(f"dev {METRIC[task]}")
         axis.set_title(task.upper())
         axis.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", ncol=min(8, len(labels)), frameon=False)
-    figure.suptitle(f"all-MiniLM-L6-v2, {args.steps} steps of batch 32, 2 ranks ZeRO-2 (CPU)")
-    figure.tight_layout(rect=(0, 0.1, 1, 1))
+    figure.legend(handles, labels, loc="center right", frameon=False)
+    figure.suptitle(f"all-MiniLM-L6-v2, {args.steps} steps of batch 32, {args.nproc} ranks, ZeRO-2, seed {args.seed}")
+    figure.tight_layout(rect=(0, 0, 1 - 1.6 / figure.get_figwidth(), 1))
     figure.savefig(path, dpi=120)
 
 
