@@ -11,24 +11,23 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+TRAINER = ("sparse_dist", "launch", "configs")
+"""The code a training run executes; with the benchmarks themselves, the code whose changes a result notes."""
+
+
+def _git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
 
 
 def code_version() -> dict:
     """The commit of the checkout and whether the code that runs (not results or docs) differs from it."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
-
-    code = ("sparse_dist", "launch", "configs", "benchmarks", ":!benchmarks/results")
-    changed = git("status", "--porcelain", "--", *code)
-    return {"commit": git("rev-parse", "HEAD"), "uncommitted_changes": bool(changed)}
+    changed = _git("status", "--porcelain", "--", *TRAINER, "benchmarks", ":!benchmarks/results").stdout.strip()
+    return {"commit": _git("rev-parse", "HEAD").stdout.strip(), "uncommitted_changes": bool(changed)}
 
 
 def trainer_unchanged_since(commit: str) -> bool:
     """Whether the trainer (package, launcher, configs) at HEAD is the same as at ``commit``."""
-    trainer = ("sparse_dist", "launch", "configs")
-    diff = subprocess.run(["git", "diff", "--quiet", commit, "HEAD", "--", *trainer], cwd=REPO)
-    return diff.returncode == 0
+    return _git("diff", "--quiet", commit, "HEAD", "--", *TRAINER).returncode == 0
 
 
 def provenance() -> dict:

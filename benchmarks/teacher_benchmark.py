@@ -32,6 +32,7 @@ import torch.distributed as dist
 from provenance import provenance
 
 from sparse_dist.config import load_config
+from sparse_dist.distributed.gather import track_gathered_peak
 from sparse_dist.distributed.spawn import run_distributed
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -62,23 +63,6 @@ class ReferenceTeacher:
         return model + sum(v.numel() * v.element_size() for v in self.best_state.values())
 
 
-def _materialised_peak(model: torch.nn.Module) -> dict[str, int]:
-    """Track the largest total of gathered (available) ZeRO-3 parameters during forward passes."""
-    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
-
-    params = list(model.parameters())
-    peak = {"bytes": 0}
-
-    def measure(*_):
-        live = sum(p.ds_numel * p.element_size() for p in params if p.ds_status == ZeroParamStatus.AVAILABLE)
-        peak["bytes"] = max(peak["bytes"], live)
-
-    for module in model.modules():
-        module.register_forward_pre_hook(lambda m, i: measure())
-        module.register_forward_hook(lambda m, i, o: measure())
-    return peak
-
-
 def run(design: str, steps: int, run_dir: str) -> dict:
     from sparse_dist.distributed.env import init_distributed
     from sparse_dist.trainer import Trainer
@@ -100,7 +84,7 @@ def run(design: str, steps: int, run_dir: str) -> dict:
     elif design == "sparse_dist":
         trainer.distiller.on_evaluation(True)  # builds the offloaded teacher and copies the student into it
         teacher = trainer.distiller.self_teacher
-        peak = _materialised_peak(teacher.model)
+        peak = track_gathered_peak(teacher.model)
     from sparse_dist.data.sampler import TrainBatchSampler
     from sparse_dist.data.task_data import build_train_loader
 

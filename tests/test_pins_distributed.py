@@ -14,7 +14,7 @@ from runs import tiny_config
 from sparse_dist.data.sampler import TrainBatchSampler
 from sparse_dist.data.task_data import build_train_loader
 from sparse_dist.distributed.env import init_distributed
-from sparse_dist.distributed.gather import iter_full_parameters
+from sparse_dist.distributed.gather import iter_full_parameters, track_gathered_peak
 from sparse_dist.pruning.export import full_masks
 from sparse_dist.pruning.schedule import kept_count
 from sparse_dist.trainer import Trainer
@@ -166,23 +166,6 @@ def test_global_kept_count_exact_and_pruned_weights_zero_after_every_update(ever
     assert updates[-1]["target"] == 0.5
 
 
-def live_parameter_peak(model: torch.nn.Module) -> dict:
-    """The most teacher parameter bytes gathered at once during its forward passes (ZeRO-3 status)."""
-    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
-
-    params, peak = list(model.named_parameters()), {"bytes": 0, "names": []}
-
-    def measure(*_):
-        live = [(n, p.ds_numel * 4) for n, p in params if p.ds_status == ZeroParamStatus.AVAILABLE]
-        if sum(b for _, b in live) > peak["bytes"]:
-            peak["bytes"], peak["names"] = sum(b for _, b in live), [n for n, _ in live]
-
-    for module in model.modules():
-        module.register_forward_pre_hook(lambda *_: measure())
-        module.register_forward_hook(lambda *_: measure())
-    return peak
-
-
 def teacher_matches_student(model: str, task: str, stage: int, method: str, root: str) -> dict:
     """Right after a teacher update, the teacher's logits equal the student's, bit for bit."""
     env = init_distributed()
@@ -199,7 +182,7 @@ def teacher_matches_student(model: str, task: str, stage: int, method: str, root
     with torch.no_grad():
         student_logits = student(**batch).logits
     teacher.copy_from(trainer.built.model)
-    peak = live_parameter_peak(teacher.model) if method != "smp" else None
+    peak = track_gathered_peak(teacher.model) if method != "smp" else None
     teacher_logits = teacher.logits(batch)
     model_bytes = sum(int(math.prod(p.shape if not hasattr(p, "ds_shape") else p.ds_shape)) * 4
                       for p in trainer.built.model.parameters())

@@ -3,6 +3,7 @@
 Used where something really needs a whole tensor: exporting a model, and tests that compare full
 weights. Parameters are gathered one by one, so the accelerator never holds more than one full
 parameter beyond the partitioned model; the result goes to host memory on the ranks that keep it.
+:func:`track_gathered_peak` measures the other side: how much of a ZeRO-3 model is gathered at once.
 """
 
 from __future__ import annotations
@@ -73,3 +74,26 @@ def full_optimizer_state(param: torch.nn.Parameter, key: str, optimizer=None) ->
 def _in_partitioned_optimizer(param: torch.nn.Parameter) -> bool:
     # ZeRO-1/2 give every trainable parameter an _hp_mapping attribute (None where another rank owns it).
     return hasattr(param, "_hp_mapping")
+
+
+def track_gathered_peak(model: torch.nn.Module) -> dict:
+    """Record the most parameter bytes of a ZeRO-3 ``model`` gathered at once during its forward passes.
+
+    Returns a dict that the hooks keep up to date: ``bytes`` (the peak) and ``names`` (the parameters
+    gathered at that moment). The status is checked before and after every module's forward. For
+    measurements (tests, benchmarks): the hooks stay on the model.
+    """
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    params, peak = list(model.named_parameters()), {"bytes": 0, "names": []}
+
+    def measure(*_) -> None:
+        live = [(name, p.ds_numel * p.element_size()) for name, p in params if p.ds_status == ZeroParamStatus.AVAILABLE]
+        total = sum(size for _, size in live)
+        if total > peak["bytes"]:
+            peak["bytes"], peak["names"] = total, [name for name, _ in live]
+
+    for module in model.modules():
+        module.register_forward_pre_hook(measure)
+        module.register_forward_hook(measure)
+    return peak
