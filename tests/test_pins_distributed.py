@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 import torch.distributed as dist
+from agreement import SelectionSpy, compare
 from harness import run_distributed
 from test_importance_units import reference_platon
 
@@ -104,11 +105,13 @@ def importance_everywhere(stages: list[int], root: str) -> dict:
             trainer = Trainer(config, env)
             pruner, records = trainer.pruner, []
             step_fn = pruner.step
+            spy = SelectionSpy(pruner)  # the scores and thresholds of the last selection
 
-            def step(t, pruner=pruner, records=records, step_fn=step_fn, trainer=trainer):
+            def step(t, pruner=pruner, records=records, step_fn=step_fn, trainer=trainer, spy=spy):
                 step_fn(t)
                 stats = full_state(pruner, trainer.comm)
                 masks = full_masks(pruner, trainer.comm)
+                scores, cuts = spy.seen(trainer.comm)
                 weights = dict(iter_full_parameters(pruner.pretrained))
                 zero_where_pruned = all(bool((weights[f"{s.name}.weight"].reshape(-1)[~masks[s.name]] == 0).all())
                                         for s in pruner.sites)
@@ -117,6 +120,8 @@ def importance_everywhere(stages: list[int], root: str) -> dict:
                                 "stats": torch.cat(stats),
                                 "masks": hashlib.sha256(b"".join(masks[s.name].numpy().tobytes()
                                                                  for s in pruner.sites)).hexdigest(),
+                                "mask": torch.cat([masks[s.name] for s in pruner.sites]),
+                                "scores": scores, "cuts": cuts,
                                 "kept": sum(int(masks[s.name].sum()) for s in pruner.sites),
                                 "zero_where_pruned": zero_where_pruned})
 
@@ -134,10 +139,13 @@ def everywhere(tmp_path_factory):
 
 
 @pytest.mark.parametrize("method", ["platon", "pins"])
-def test_identical_masks_for_zero_0_to_3_and_1_or_2_ranks(everywhere, method):
-    """Masks: identical everywhere, bit for bit. Statistics: identical across ZeRO 0-2 at one world size;
-    to rounding across world sizes (the micro-batches pad differently) and under ZeRO-3 (its backward
-    rounds differently: gradients differ by ~1e-11 with the same weights)."""
+def test_statistics_agree_and_masks_differ_only_at_the_threshold_for_zero_0_to_3_and_1_or_2_ranks(everywhere,
+                                                                                                  method):
+    """Statistics and masks: identical, bit for bit, across ZeRO 0-2 at one world size (the same arithmetic:
+    ZeRO-1/2 step the same fp32 values on flat partitions). To rounding across world sizes (the gradient
+    reduction rounds differently) and under ZeRO-3 (its backward rounds differently: gradients differ by
+    ~1e-11 with the same weights). Where they agree only to rounding, a mask may differ from the reference
+    only in elements whose importance lies within that rounding of the threshold (tests/agreement.py)."""
     reference = everywhere[1][0][(method, 0)]["records"]
     assert len(reference) == STEPS
     for ws, ranks in everywhere.items():
@@ -146,13 +154,18 @@ def test_identical_masks_for_zero_0_to_3_and_1_or_2_ranks(everywhere, method):
             for stage in (0, 1, 2, 3):
                 records = result[(method, stage)]["records"]
                 where = f"{method}: ZeRO-{stage}, {ws} rank(s), rank {rank}"
-                assert [r["masks"] for r in records] == [r["masks"] for r in reference], where
+                if stage < 3:
+                    assert [r["masks"] for r in records] == [r["masks"] for r in same_world], where
                 for step, (got, want, near) in enumerate(zip(records, same_world, reference), 1):
                     if stage < 3:
                         assert torch.equal(got["stats"], want["stats"]), f"{where}, step {step}"
                     scale = float(near["stats"].abs().max())
                     torch.testing.assert_close(got["stats"], near["stats"], rtol=1e-3, atol=1e-9 * scale,
                                                msg=lambda m, where=where, step=step: f"{where}, step {step}: {m}")
+                    agreement = compare(got["mask"], got["scores"], got["cuts"],
+                                        near["mask"], near["scores"], near["cuts"])
+                    assert agreement.unexplained == 0, f"{where}, step {step}: {agreement}"
+                    assert agreement.threshold_delta <= agreement.delta, f"{where}, step {step}: {agreement}"
 
 
 @pytest.mark.parametrize("method", ["platon", "pins"])
