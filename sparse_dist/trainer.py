@@ -34,6 +34,7 @@ from sparse_dist.distributed.comm import TorchCommunicator
 from sparse_dist.distributed.deepspeed_config import build_deepspeed_config, resolve_precision
 from sparse_dist.distributed.env import DistEnv, main_process_first
 from sparse_dist.distributed.gather import full_shape
+from sparse_dist.distributed.grad_norm import GradNormMeter
 from sparse_dist.evaluation import Evaluator
 from sparse_dist.models.build import build_model, count_parameters
 from sparse_dist.observe import build_metrics_logger, build_progress_bar, memory_gib
@@ -109,6 +110,7 @@ class Trainer:
         with main_process_first(env):
             self.task_data = build_task_data(config.data, self.task, self.built.tokenizer, self.built.kind)
         self.engine = self._build_engine()
+        self.grad_norm = GradNormMeter(self.engine)
         self.pruner.attach(self.engine)
         self.distiller = build_distiller(config.distill, config.model, self.task, self.built, self.engine,
                                          self.pruner, self.ds_config, self.comm, env, config.job.seed)
@@ -233,6 +235,8 @@ class Trainer:
             parts = self.distiller.loss(self.engine(**batch), batch)
             loss = parts["loss"] * (count * scale) + sum(self.pruner.loss_terms(step).values())
             self.engine.backward(loss)
+            if self.engine.is_gradient_accumulation_boundary():
+                self.grad_norm.before_step()
             self.engine.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
             for name, value in parts.items():
                 share = value.detach().float() * (count / total_units)
@@ -268,9 +272,9 @@ class Trainer:
         self.result.losses.append((self.step, loss))
         scalars = {"train/loss": loss, "train/lr": self.engine.get_lr()[0], "sys/samples_per_s": samples_per_s,
                    **memory_gib(self.env.device)}
-        grad_norm = self.engine.get_global_grad_norm()
-        if grad_norm is not None and math.isfinite(float(grad_norm)):
-            scalars["train/grad_norm"] = float(grad_norm)
+        grad_norm = self.grad_norm.value()  # of the last step, before clipping
+        if grad_norm is not None and math.isfinite(grad_norm):
+            scalars["train/grad_norm"] = grad_norm
         scalars.update(self.pruner.report())
         scalars.update(self.distiller.report())
         scalars.update({PART_TAGS[name]: value for name, value in means.items()})
