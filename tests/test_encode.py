@@ -4,9 +4,19 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from sparse_dist.data.encode import Collator, encode_eval, encode_train, parse_prediction, source_text, target_text
+from sparse_dist.config import ConfigError, EvalConfig
+from sparse_dist.data.encode import (
+    Collator,
+    encode_eval,
+    encode_train,
+    parse_prediction,
+    source_text,
+    target_text,
+)
 from sparse_dist.data.load import load_split
+from sparse_dist.data.task_data import TaskData
 from sparse_dist.data.tasks import get_task
+from sparse_dist.evaluation import Evaluator
 from sparse_dist.models.tiny import tiny_checkpoint
 
 
@@ -53,3 +63,25 @@ def test_seq2seq_training_examples(data_dir):
         assert batch["labels"][row, length - 1] == tokenizer.eos_token_id
         assert (batch["labels"][row, length:] == -100).all()
     assert "idx" not in batch
+
+
+def test_targets_are_cut_at_max_target_length_and_inputs_at_max_seq_length(data_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint("tiny-t5"))
+    raw = load_split(get_task("webnlg"), "train", str(data_dir), limit=20)
+    encoded = encode_train(get_task("webnlg"), raw, tokenizer, "seq2seq", max_seq_length=40, max_target_length=8)
+    labels, inputs = encoded["labels"], encoded["input_ids"]
+    assert max(len(ids) for ids in labels) == 8 and all(ids[-1] == tokenizer.eos_token_id for ids in labels)
+    assert max(len(ids) for ids in inputs) == 40
+
+
+def test_a_class_word_must_fit_max_target_length_and_max_new_tokens(data_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint("tiny-t5"))
+    rte, stsb = get_task("rte"), get_task("stsb")
+    raw = load_split(rte, "train", str(data_dir), limit=4)
+    assert encode_train(rte, raw, tokenizer, "seq2seq", 48, max_target_length=2)["labels"][0][-1] == 1
+    with pytest.raises(ConfigError, match=r"data.max_target_length: the rte target 'entailment' is 2 tokens"):
+        encode_train(rte, raw, tokenizer, "seq2seq", 48, max_target_length=1)  # "entailment" would become "</s>"
+    task_data = TaskData(task=stsb, kind="seq2seq", train=None, dev=[], collator=None)
+    with pytest.raises(ConfigError, match=r"eval.max_new_tokens: the stsb target '0.0' is 3 tokens"):
+        Evaluator(task_data, EvalConfig(max_new_tokens=2), None, tokenizer, zero_stage=0)
+

@@ -2,8 +2,9 @@
 
 Encoders read ``text_a`` (and ``text_b``) and predict a label id or a score. Text-to-text models read
 "<prefix> <field>: <text> ..." and produce the label word, the score as text, or the WebNLG sentence.
-Padding is left to the collator (dynamic, per batch); ``idx`` rides along so that predictions can be
-matched with their gold answers after a distributed evaluation.
+Inputs are cut at ``data.max_seq_length`` and targets at ``data.max_target_length``, which must hold
+every class word whole. Padding is left to the collator (dynamic, per batch); ``idx`` rides along so
+that predictions can be matched with their gold answers after a distributed evaluation.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import datasets
 import torch
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, PreTrainedTokenizerBase
 
+from sparse_dist.config import ConfigError
 from sparse_dist.data.tasks import TaskSpec
 
 ModelKind = Literal["encoder", "seq2seq"]
@@ -55,15 +57,20 @@ def encode_train(task: TaskSpec, raw: datasets.Dataset, tokenizer: PreTrainedTok
     if task.kind == "generation":
         raw = raw.map(_expand_references, batched=True, remove_columns=raw.column_names, keep_in_memory=True)
 
+    if kind == "seq2seq":
+        check_class_targets(task, tokenizer, max_target_length)
+
     def encode(batch: dict[str, list]) -> dict[str, list]:
         examples = [dict(zip(batch, values)) for values in zip(*batch.values())]
         if kind == "encoder":
             features = _encode_encoder_inputs(tokenizer, batch, max_seq_length)
             features["labels"] = batch["label"]
             return features
+        features = dict(tokenizer([source_text(task, ex) for ex in examples], truncation=True,
+                                  max_length=max_seq_length))
         targets = [ex["target"] if task.kind == "generation" else target_text(task, ex["label"]) for ex in examples]
-        return tokenizer([source_text(task, ex) for ex in examples], text_target=targets, truncation=True,
-                         max_length=max_seq_length)
+        features["labels"] = tokenizer(text_target=targets, truncation=True, max_length=max_target_length)["input_ids"]
+        return features
 
     return raw.map(encode, batched=True, remove_columns=raw.column_names, keep_in_memory=True,
                    desc=f"tokenizing {task.name} train")
@@ -94,6 +101,33 @@ def encode_eval(task: TaskSpec, raw: datasets.Dataset, tokenizer: PreTrainedToke
 def _encode_encoder_inputs(tokenizer: PreTrainedTokenizerBase, batch: dict[str, list], max_seq_length: int):
     pair = (batch["text_a"], batch["text_b"]) if "text_b" in batch else (batch["text_a"],)
     return dict(tokenizer(*pair, truncation=True, max_length=max_seq_length))
+
+
+def class_targets(task: TaskSpec) -> list[str]:
+    """Every target string of a classification or regression task (empty for generation)."""
+    if task.kind == "classification":
+        return [target_text(task, label) for label in range(len(task.words))]
+    if task.kind == "regression":
+        return sorted({target_text(task, score / 5) for score in range(26)})  # 0.0 to 5.0 in steps of 0.2
+    return []
+
+
+def longest_class_target(task: TaskSpec, tokenizer: PreTrainedTokenizerBase,
+                         add_special_tokens: bool = True) -> tuple[str, int]:
+    """The class word or score with the most tokens, and how many (with </s>, as a label, by default);
+    ("", 0) for generation, whose references may be cut."""
+    lengths = {target: len(tokenizer(text_target=target, add_special_tokens=add_special_tokens)["input_ids"])
+               for target in class_targets(task)}
+    return max(lengths.items(), key=lambda item: item[1], default=("", 0))
+
+
+def check_class_targets(task: TaskSpec, tokenizer: PreTrainedTokenizerBase, max_target_length: int) -> None:
+    """Refuse a ``data.max_target_length`` that would cut a class word or score: the model would learn a
+    prefix that cannot be told apart from, or parsed back into, its class."""
+    target, length = longest_class_target(task, tokenizer)
+    if length > max_target_length:
+        raise ConfigError(f"data.max_target_length: the {task.name} target {target!r} is {length} tokens (with "
+                          f"</s>) in this vocabulary and must fit whole, got {max_target_length}")
 
 
 def _expand_references(batch: dict[str, list]) -> dict[str, list]:
