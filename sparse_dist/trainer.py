@@ -228,12 +228,14 @@ class Trainer:
         # micro-batch. Weighting micro-batch i by A W units_i / total_units instead makes the step's gradient
         # that of sum(loss over all units) / total_units: independent of the micro-batch size, of how the
         # tokens fall into micro-batches, and of the world size. The regulariser is per step: weight 1.
-        scale = self.config.grad_accum_steps * self.env.world_size / total_units
+        # (Integer product first: micro-batches of equally many examples get a weight of exactly 1.)
+        micro_batches_per_step = self.config.grad_accum_steps * self.env.world_size
         shares: dict[str, torch.Tensor] = {}
         for batch, count in zip(micro_batches, units):
             batch = {key: value.to(self.env.device) for key, value in batch.items()}
             parts = self.distiller.loss(self.engine(**batch), batch)
-            loss = parts["loss"] * (count * scale) + sum(self.pruner.loss_terms(step).values())
+            weight = count * micro_batches_per_step / total_units
+            loss = parts["loss"] * weight + sum(self.pruner.loss_terms(step).values())
             self.engine.backward(loss)
             if self.engine.is_gradient_accumulation_boundary():
                 self.grad_norm.before_step()
