@@ -332,7 +332,8 @@ class Trainer:
         own = states[0] if len(states) == 1 else None
         if own is not None:
             set_rng_state(own["rng"])
-            self._window_sums, self._window_steps = own["window_sums"], own["window_steps"]
+            # (Checkpoints from before per-token averaging hold no window: it starts afresh.)
+            self._window_sums, self._window_steps = own.get("window_sums", {}), own.get("window_steps", {})
         else:  # another world size: dropout streams start afresh, deterministically
             torch.manual_seed(self.config.job.seed + self.env.rank + 1_000_003 * self.step)
         self.result = states[0]["result"]
