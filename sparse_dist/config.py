@@ -71,7 +71,7 @@ class DataConfig:
     max_seq_length: int = 128
     """Longest input in tokens; longer inputs are truncated."""
     max_target_length: int = 64
-    """Longest target text in tokens (text-to-text models only)."""
+    """Longest target in tokens with </s> (text-to-text only): references are cut, class words must fit."""
     max_train_examples: int | None = None
     """Use only the first N training examples (None: all)."""
     max_eval_examples: int | None = None
@@ -135,7 +135,7 @@ class EvalConfig:
     micro_batch_size: int = 64
     """Examples per forward pass on one rank during evaluation."""
     max_new_tokens: int = 32
-    """Longest generated output (text-to-text models)."""
+    """Longest generated output in tokens (text-to-text models); must hold every class word or score."""
     num_beams: int = 1
     """Beam width for generation (1 is greedy)."""
 

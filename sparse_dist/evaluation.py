@@ -14,8 +14,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from sparse_dist.config import EvalConfig
-from sparse_dist.data.encode import parse_prediction
+from sparse_dist.config import ConfigError, EvalConfig
+from sparse_dist.data.encode import longest_class_target, parse_prediction
 from sparse_dist.data.sampler import eval_batches_real, eval_shard
 from sparse_dist.data.task_data import EvalSet, TaskData
 from sparse_dist.data.tasks import split_label
@@ -32,6 +32,12 @@ class Evaluator:
         self.env = env
         self.tokenizer = tokenizer
         self.synced_generation = zero_stage == 3 and env.world_size > 1
+        if task_data.kind == "seq2seq":  # a class word cut short by generation parses as no class at all
+            target, length = longest_class_target(task_data.task, tokenizer, add_special_tokens=False)
+            if length > eval_cfg.max_new_tokens:
+                raise ConfigError(f"eval.max_new_tokens: the {task_data.task.name} target {target!r} is {length} "
+                                  f"tokens in this vocabulary and must be generated whole, got "
+                                  f"{eval_cfg.max_new_tokens}")
 
     @property
     def primary_metric(self) -> str:

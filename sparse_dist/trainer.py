@@ -29,10 +29,12 @@ from sparse_dist.data.sampler import TrainBatchSampler
 from sparse_dist.data.task_data import build_task_data, build_train_loader
 from sparse_dist.data.tasks import get_task
 from sparse_dist.distill.build import build_distiller
+from sparse_dist.distill.losses import loss_units
 from sparse_dist.distributed.comm import TorchCommunicator
 from sparse_dist.distributed.deepspeed_config import build_deepspeed_config, resolve_precision
 from sparse_dist.distributed.env import DistEnv, main_process_first
 from sparse_dist.distributed.gather import full_shape
+from sparse_dist.distributed.grad_norm import GradNormMeter
 from sparse_dist.evaluation import Evaluator
 from sparse_dist.models.build import build_model, count_parameters
 from sparse_dist.observe import build_metrics_logger, build_progress_bar, memory_gib
@@ -42,6 +44,9 @@ from sparse_dist.pruning.export import export_mask_artifact, export_pruned_model
 
 log = logging.getLogger(__name__)
 
+PART_TAGS = {"ce": "train/ce_loss", "kd": "train/kd_loss", "alpha": "teacher/alpha_mean"}
+"""TensorBoard tag of each part of the loss a distiller returns besides the loss itself."""
+
 
 @dataclass
 class TrainResult:
@@ -49,7 +54,8 @@ class TrainResult:
 
     steps: int
     losses: list[tuple[int, float]] = field(default_factory=list)
-    """(step, mean training loss over all ranks since the previous log line)."""
+    """(step, training loss of the steps since the previous log line): the mean over every target token
+    (text-to-text) or example of their global batches."""
     evals: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     best_metric: float | None = None
     final_metrics: dict[str, float] = field(default_factory=dict)
@@ -104,6 +110,7 @@ class Trainer:
         with main_process_first(env):
             self.task_data = build_task_data(config.data, self.task, self.built.tokenizer, self.built.kind)
         self.engine = self._build_engine()
+        self.grad_norm = GradNormMeter(self.engine)
         self.pruner.attach(self.engine)
         self.distiller = build_distiller(config.distill, config.model, self.task, self.built, self.engine,
                                          self.pruner, self.ds_config, self.comm, env, config.job.seed)
@@ -113,9 +120,10 @@ class Trainer:
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", config.checkpoint.keep_last, env, signature)
         self.step = 0
         self.result = TrainResult(steps=0)
-        self._loss_sum = torch.zeros((), dtype=torch.float64)
-        self._loss_count = 0
-        self._parts: dict[str, float] = {}
+        # Since the last log line: this rank's share of the loss and its parts (summed over ranks, the mean
+        # over the global batches), and the number of steps each was seen in.
+        self._window_sums: dict[str, float] = {}
+        self._window_steps: dict[str, int] = {}
         # Dropout differs per rank; everything that must agree across ranks was seeded above.
         torch.manual_seed(config.job.seed + env.rank)
         log.info("model %s (%s, %.2fM parameters), task %s, ZeRO-%d, %s, %d rank(s), global batch %d = %d x %d x %d",
@@ -175,7 +183,7 @@ class Trainer:
     def _loop(self, batches, bar, stop: StopRequest, max_steps: int, window_start: float, window_steps: int) -> bool:
         """Train to ``max_steps``; True if stopped early by a signal (after saving a checkpoint)."""
         while self.step < max_steps:
-            self._accumulate_loss(self.train_step([next(batches) for _ in range(self.config.grad_accum_steps)]))
+            self._accumulate(self.train_step([next(batches) for _ in range(self.config.grad_accum_steps)]))
             self.step += 1
             window_steps += 1
             bar.update(1)
@@ -205,52 +213,73 @@ class Trainer:
                        "sparsity": self.result.sparsity, "evals": evals}
             (self.run_dir / "COMPLETED").write_text(json.dumps(summary, indent=1))
 
-    def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
-        """One optimizer step over this rank's micro-batches, then the pruner's step; returns the mean
-        micro-batch task loss."""
+    def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """One optimizer step over this rank's micro-batches, then the pruner's step. All ranks call.
+
+        Returns this rank's share of the step's loss and of its parts (``ce``, ``kd``, ``alpha`` when
+        distilling): summed over ranks, each is its mean over the whole global batch, per target token for
+        text-to-text models and per example otherwise.
+        """
         step = self.step + 1
-        total = torch.zeros((), device=self.env.device, dtype=torch.float32)
-        for batch in micro_batches:
+        units = [loss_units(batch["labels"]) for batch in micro_batches]
+        total_units = self._sum_over_ranks(sum(units))
+        # Every loss is a mean over its micro-batch's units (tokens or examples), and DeepSpeed divides each
+        # micro-batch's loss by grad_accum_steps and averages gradients over ranks: a weight of 1/(A W) per
+        # micro-batch. Weighting micro-batch i by A W units_i / total_units instead makes the step's gradient
+        # that of sum(loss over all units) / total_units: independent of the micro-batch size, of how the
+        # tokens fall into micro-batches, and of the world size. The regulariser is per step: weight 1.
+        # (Integer product first: micro-batches of equally many examples get a weight of exactly 1.)
+        micro_batches_per_step = self.config.grad_accum_steps * self.env.world_size
+        shares: dict[str, torch.Tensor] = {}
+        for batch, count in zip(micro_batches, units):
             batch = {key: value.to(self.env.device) for key, value in batch.items()}
             parts = self.distiller.loss(self.engine(**batch), batch)
-            loss = parts["loss"] + sum(self.pruner.loss_terms(step).values())
+            weight = count * micro_batches_per_step / total_units
+            loss = parts["loss"] * weight + sum(self.pruner.loss_terms(step).values())
             self.engine.backward(loss)
+            if self.engine.is_gradient_accumulation_boundary():
+                self.grad_norm.before_step()
             self.engine.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
-            total += parts["loss"].detach().float()
-            for name in ("ce", "kd"):
-                if name in parts:
-                    self._parts[name] = self._parts.get(name, 0.0) + float(parts[name]) / len(micro_batches)
+            for name, value in parts.items():
+                share = value.detach().float() * (count / total_units)
+                shares[name] = shares[name] + share if name in shares else share
         self.pruner.step(step)
-        return total / len(micro_batches)
+        return shares
+
+    def _sum_over_ranks(self, value: int) -> int:
+        total = torch.tensor([value], dtype=torch.int64, device=self.env.device)
+        dist.all_reduce(total)
+        return int(total.item())
 
     def _due(self, every: int) -> bool:
         return every > 0 and self.step % every == 0
 
     # --- observation ------------------------------------------------------------------------------
 
-    def _accumulate_loss(self, loss: torch.Tensor) -> None:
-        self._loss_sum += loss.to("cpu", torch.float64)
-        self._loss_count += 1
+    def _accumulate(self, shares: dict[str, torch.Tensor]) -> None:
+        for name, value in shares.items():
+            self._window_sums[name] = self._window_sums.get(name, 0.0) + float(value)
+            self._window_steps[name] = self._window_steps.get(name, 0) + 1
 
     def _log_training(self, samples_per_s: float) -> float:
-        """All-reduce the mean loss since the last log line and write the training scalars."""
-        reduced = torch.tensor([self._loss_sum.item(), float(self._loss_count)], dtype=torch.float64,
+        """All-reduce the loss and its parts since the last log line and write the training scalars."""
+        names = sorted(self._window_sums)  # the same parts on every rank: the teacher is the same everywhere
+        reduced = torch.tensor([self._window_sums[name] for name in names], dtype=torch.float64,
                                device=self.env.device)
         dist.all_reduce(reduced)
-        loss = (reduced[0] / reduced[1]).item()
-        self._loss_sum.zero_()
-        self._loss_count = 0
+        means = {name: reduced[i].item() / self._window_steps[name] for i, name in enumerate(names)}
+        self._window_sums.clear()
+        self._window_steps.clear()
+        loss = means.pop("loss")
         self.result.losses.append((self.step, loss))
         scalars = {"train/loss": loss, "train/lr": self.engine.get_lr()[0], "sys/samples_per_s": samples_per_s,
                    **memory_gib(self.env.device)}
-        grad_norm = self.engine.get_global_grad_norm()
-        if grad_norm is not None and math.isfinite(float(grad_norm)):
-            scalars["train/grad_norm"] = float(grad_norm)
+        grad_norm = self.grad_norm.value()  # of the last step, before clipping
+        if grad_norm is not None and math.isfinite(grad_norm):
+            scalars["train/grad_norm"] = grad_norm
         scalars.update(self.pruner.report())
         scalars.update(self.distiller.report())
-        steps = max(1, reduced[1].item() / self.env.world_size)
-        scalars.update({f"train/{name}_loss": value / steps for name, value in self._parts.items()})
-        self._parts.clear()
+        scalars.update({PART_TAGS[name]: value for name, value in means.items()})
         self.metrics.log(scalars, self.step)
         remaining = f" remaining {scalars['prune/remaining']:.3f}" if "prune/remaining" in scalars else ""
         log.info("step %d/%d loss %.4f lr %.3g %.1f samples/s%s", self.step, self.config.training.max_steps, loss,
@@ -288,8 +317,8 @@ class Trainer:
 
     def _trainer_state(self) -> dict[str, Any]:
         return {"step": self.step, "rng": rng_state(), "result": self.result, "pruner": self.pruner.state_dict(),
-                "distiller": self.distiller.state_dict(), "loss_sum": self._loss_sum.clone(),
-                "loss_count": self._loss_count}
+                "distiller": self.distiller.state_dict(), "window_sums": dict(self._window_sums),
+                "window_steps": dict(self._window_steps)}
 
     def save_checkpoint(self) -> None:
         self.checkpointer.save(self.engine, self.step, self._trainer_state())
@@ -303,7 +332,8 @@ class Trainer:
         own = states[0] if len(states) == 1 else None
         if own is not None:
             set_rng_state(own["rng"])
-            self._loss_sum, self._loss_count = own["loss_sum"], own["loss_count"]
+            # (Checkpoints from before per-token averaging hold no window: it starts afresh.)
+            self._window_sums, self._window_steps = own.get("window_sums", {}), own.get("window_steps", {})
         else:  # another world size: dropout streams start afresh, deterministically
             torch.manual_seed(self.config.job.seed + self.env.rank + 1_000_003 * self.step)
         self.result = states[0]["result"]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sparse_dist.distill.losses import adaptive_kd, standard_kd
+from sparse_dist.distill.losses import adaptive_kd, loss_units, standard_kd
 from sparse_dist.pruning.importance import ImportanceState, pins_importance, platon_importance
 
 
@@ -85,3 +85,46 @@ def test_standard_kd_and_regression():
     assert float(parts["loss"]) == pytest.approx(0.5 * ce + 0.5 * T**2 * kl)
     reg = adaptive_kd(torch.tensor([[1.0], [2.0]]), torch.tensor([[1.5], [2.0]]), torch.tensor([0.0, 2.0]), True, T)
     assert float(reg["loss"]) == pytest.approx(0.5 * (0.25 / 2) + 0.5 * (1.0 / 2))
+
+
+
+def _tiny_t5_loss(student, teacher, labels):
+    from transformers import AutoModelForSeq2SeqLM
+
+    from sparse_dist.models.tiny import tiny_checkpoint
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(tiny_checkpoint("tiny-t5")).eval()
+    inputs = labels.clamp(min=3)  # any input that belongs to its row
+    with torch.no_grad():
+        return {"loss": model(input_ids=inputs, labels=labels).loss}
+
+
+# Each case: the loss of (student logits, teacher logits, labels), and which labels it is given.
+LOSSES = {
+    "standard_kd_tokens": (lambda s, t, y: standard_kd(s, t, y, False, 0.5, 0.5, 2.0), lambda y: y),
+    "adaptive_kd_tokens": (lambda s, t, y: adaptive_kd(s, t, y, False, 2.0), lambda y: y),
+    "standard_kd_classes": (lambda s, t, y: standard_kd(s[:, 0], t[:, 0], y, False, 0.5, 0.5, 2.0),
+                            lambda y: y[:, 0]),
+    "adaptive_kd_regression": (lambda s, t, y: adaptive_kd(s[:, 0, :1], t[:, 0, :1], y, True, 2.0),
+                               lambda y: y[:, 0].float()),
+    "t5_model": (_tiny_t5_loss, lambda y: y),
+}
+
+
+@pytest.mark.parametrize("case", LOSSES)
+def test_micro_batch_means_weighted_by_their_loss_units_give_the_global_mean(case):
+    # Gradient accumulation in the trainer rests on this: every loss is a mean over loss_units of its batch,
+    # so micro-batch losses weighted by their share of the units sum to the loss of the whole batch.
+    loss, labels_of = LOSSES[case]
+    torch.manual_seed(2)
+    tokens = torch.randint(3, 7, (6, 5))
+    tokens[torch.arange(5) >= torch.tensor([1, 5, 2, 4, 3, 5])[:, None]] = -100  # ragged targets, padded
+    student, teacher, labels = torch.randn(6, 5, 7), torch.randn(6, 5, 7), labels_of(tokens)
+    whole = loss(student, teacher, labels)
+    micro = [slice(0, 2), slice(2, 3), slice(3, 6)]
+    parts = [loss(student[m], teacher[m], labels[m]) for m in micro]
+    units = [loss_units(labels[m]) for m in micro]
+    assert loss_units(labels) == sum(units) == (20 if labels.dim() == 2 else 6)
+    for name in whole:
+        weighted = sum(float(part[name]) * count for part, count in zip(parts, units)) / sum(units)
+        assert weighted == pytest.approx(float(whole[name]), rel=1e-5), name

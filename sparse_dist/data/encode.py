@@ -2,8 +2,11 @@
 
 Encoders read ``text_a`` (and ``text_b``) and predict a label id or a score. Text-to-text models read
 "<prefix> <field>: <text> ..." and produce the label word, the score as text, or the WebNLG sentence.
-Padding is left to the collator (dynamic, per batch); ``idx`` rides along so that predictions can be
-matched with their gold answers after a distributed evaluation.
+Inputs longer than ``data.max_seq_length`` lose tokens from the end of their longest text first, so a
+pair keeps some of both texts (and, for T5, every field name); targets are cut at
+``data.max_target_length``, which must hold every class word whole. Padding is left to the collator
+(dynamic, per batch); ``idx`` rides along so that predictions can be matched with their gold answers
+after a distributed evaluation.
 """
 
 from __future__ import annotations
@@ -14,20 +17,29 @@ import datasets
 import torch
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, PreTrainedTokenizerBase
 
+from sparse_dist.config import ConfigError
 from sparse_dist.data.tasks import TaskSpec
 
 ModelKind = Literal["encoder", "seq2seq"]
 
 
-def source_text(task: TaskSpec, example: dict[str, Any]) -> str:
-    """The T5 input string of one example."""
+def source_segments(task: TaskSpec, example: dict[str, Any]) -> list[tuple[str, bool]]:
+    """The T5 input of one example as pieces joined by spaces: (text, whether truncation may shorten it).
+
+    Field names are kept whole; the example's own texts give way when the input is too long.
+    """
     if task.kind == "generation":
         triples = " && ".join(t.replace("_", " ") for t in example["triples"])
-        return f"{task.text_prefix}: {triples}"
-    parts = [task.text_prefix, f"{task.text_fields[0]}: {example['text_a']}"]
+        return [(f"{task.text_prefix}:", False), (triples, True)]
+    segments = [(f"{task.text_prefix} {task.text_fields[0]}:", False), (example["text_a"], True)]
     if task.has_pair:
-        parts.append(f"{task.text_fields[1]}: {example['text_b']}")
-    return " ".join(parts)
+        segments += [(f"{task.text_fields[1]}:", False), (example["text_b"], True)]
+    return segments
+
+
+def source_text(task: TaskSpec, example: dict[str, Any]) -> str:
+    """The T5 input string of one example."""
+    return " ".join(text for text, _ in source_segments(task, example))
 
 
 def target_text(task: TaskSpec, label: float | int) -> str:
@@ -55,15 +67,19 @@ def encode_train(task: TaskSpec, raw: datasets.Dataset, tokenizer: PreTrainedTok
     if task.kind == "generation":
         raw = raw.map(_expand_references, batched=True, remove_columns=raw.column_names, keep_in_memory=True)
 
+    if kind == "seq2seq":
+        check_class_targets(task, tokenizer, max_target_length)
+
     def encode(batch: dict[str, list]) -> dict[str, list]:
         examples = [dict(zip(batch, values)) for values in zip(*batch.values())]
         if kind == "encoder":
             features = _encode_encoder_inputs(tokenizer, batch, max_seq_length)
             features["labels"] = batch["label"]
             return features
+        features = _encode_text_to_text_inputs(task, tokenizer, examples, max_seq_length)
         targets = [ex["target"] if task.kind == "generation" else target_text(task, ex["label"]) for ex in examples]
-        return tokenizer([source_text(task, ex) for ex in examples], text_target=targets, truncation=True,
-                         max_length=max_seq_length)
+        features["labels"] = tokenizer(text_target=targets, truncation=True, max_length=max_target_length)["input_ids"]
+        return features
 
     return raw.map(encode, batched=True, remove_columns=raw.column_names, keep_in_memory=True,
                    desc=f"tokenizing {task.name} train")
@@ -80,8 +96,7 @@ def encode_eval(task: TaskSpec, raw: datasets.Dataset, tokenizer: PreTrainedToke
         if kind == "encoder":
             features = _encode_encoder_inputs(tokenizer, batch, max_seq_length)
         else:
-            features = tokenizer([source_text(task, ex) for ex in examples], truncation=True,
-                                 max_length=max_seq_length)
+            features = _encode_text_to_text_inputs(task, tokenizer, examples, max_seq_length)
         features["idx"] = batch["idx"]
         return features
 
@@ -93,7 +108,79 @@ def encode_eval(task: TaskSpec, raw: datasets.Dataset, tokenizer: PreTrainedToke
 
 def _encode_encoder_inputs(tokenizer: PreTrainedTokenizerBase, batch: dict[str, list], max_seq_length: int):
     pair = (batch["text_a"], batch["text_b"]) if "text_b" in batch else (batch["text_a"],)
-    return dict(tokenizer(*pair, truncation=True, max_length=max_seq_length))
+    return dict(tokenizer(*pair, truncation=True, max_length=max_seq_length))  # longest_first for pairs
+
+
+def _encode_text_to_text_inputs(task: TaskSpec, tokenizer: PreTrainedTokenizerBase, examples: list[dict[str, Any]],
+                                max_seq_length: int) -> dict[str, list]:
+    """Input ids of :func:`source_text`, at most ``max_seq_length`` tokens, truncated longest text first.
+
+    Truncating the joined string would cut its end: the whole second sentence of a long pair. Each piece
+    is tokenized on its own instead (the same ids as the joined string: T5's tokenizer splits at spaces),
+    and the texts are shortened the way the encoder path shortens a pair.
+    """
+    prefix, suffix = _special_tokens_around(tokenizer)
+    budget = max_seq_length - len(prefix) - len(suffix)
+    segment_lists = [source_segments(task, example) for example in examples]
+    flat = tokenizer([text for segments in segment_lists for text, _ in segments],
+                     add_special_tokens=False)["input_ids"]
+    input_ids, position = [], 0
+    for segments in segment_lists:
+        pieces = flat[position:position + len(segments)]
+        position += len(segments)
+        fixed = sum(len(ids) for ids, (_, truncatable) in zip(pieces, segments) if not truncatable)
+        texts = [i for i, (_, truncatable) in enumerate(segments) if truncatable]
+        kept = truncate_longest_first([len(pieces[i]) for i in texts], budget - fixed)
+        for i, length in zip(texts, kept):
+            pieces[i] = pieces[i][:length]
+        ids = [token for ids in pieces for token in ids][:max(budget, 0)]  # field names alone may not fit
+        input_ids.append(prefix + ids + suffix)
+    return {"input_ids": input_ids, "attention_mask": [[1] * len(ids) for ids in input_ids]}
+
+
+def truncate_longest_first(lengths: list[int], budget: int) -> list[int]:
+    """How many tokens of each text to keep so that they sum to at most ``budget``: one token at a time off
+    the longest text (the later one on a tie), as transformers' ``longest_first`` truncates a pair."""
+    kept = list(lengths)
+    for _ in range(sum(kept) - max(budget, 0)):
+        longest = max(range(len(kept)), key=lambda i: (kept[i], i))
+        kept[longest] -= 1
+    return kept
+
+
+def _special_tokens_around(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after a single text (T5: none, and </s>)."""
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    start = next(i for i in range(len(full) - len(bare) + 1) if full[i:i + len(bare)] == bare)
+    return full[:start], full[start + len(bare):]
+
+
+def class_targets(task: TaskSpec) -> list[str]:
+    """Every target string of a classification or regression task (empty for generation)."""
+    if task.kind == "classification":
+        return [target_text(task, label) for label in range(len(task.words))]
+    if task.kind == "regression":
+        return sorted({target_text(task, score / 5) for score in range(26)})  # 0.0 to 5.0 in steps of 0.2
+    return []
+
+
+def longest_class_target(task: TaskSpec, tokenizer: PreTrainedTokenizerBase,
+                         add_special_tokens: bool = True) -> tuple[str, int]:
+    """The class word or score with the most tokens, and how many (with </s>, as a label, by default);
+    ("", 0) for generation, whose references may be cut."""
+    lengths = {target: len(tokenizer(text_target=target, add_special_tokens=add_special_tokens)["input_ids"])
+               for target in class_targets(task)}
+    return max(lengths.items(), key=lambda item: item[1], default=("", 0))
+
+
+def check_class_targets(task: TaskSpec, tokenizer: PreTrainedTokenizerBase, max_target_length: int) -> None:
+    """Refuse a ``data.max_target_length`` that would cut a class word or score: the model would learn a
+    prefix that cannot be told apart from, or parsed back into, its class."""
+    target, length = longest_class_target(task, tokenizer)
+    if length > max_target_length:
+        raise ConfigError(f"data.max_target_length: the {task.name} target {target!r} is {length} tokens (with "
+                          f"</s>) in this vocabulary and must fit whole, got {max_target_length}")
 
 
 def _expand_references(batch: dict[str, list]) -> dict[str, list]:

@@ -31,7 +31,9 @@ class Distiller:
     teacher = None
 
     def loss(self, outputs, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """{"loss": what to minimise, and its parts}. All ranks call (teachers run collective forwards)."""
+        """{"loss": what to minimise, and its parts}, each a mean over the batch's target tokens (text-to-text)
+        or examples (:func:`~sparse_dist.distill.losses.loss_units`); the trainer weights micro-batches by
+        their share of the global batch. All ranks call (teachers run collective forwards)."""
         return {"loss": outputs.loss}
 
     def on_evaluation(self, improved: bool) -> None:
@@ -71,7 +73,6 @@ class SelfRegularization(Distiller):
         self.regression = regression
         self.teacher = external
         self.self_teacher = None
-        self.alphas: list[float] = []
 
     @property
     def active_teacher(self):
@@ -81,10 +82,8 @@ class SelfRegularization(Distiller):
         teacher = self.active_teacher
         if teacher is None:
             return {"loss": outputs.loss}
-        parts = adaptive_kd(outputs.logits, teacher.logits(batch), batch["labels"], self.regression,
-                            self.config.temperature)
-        self.alphas.append(float(parts["alpha"]))
-        return parts
+        return adaptive_kd(outputs.logits, teacher.logits(batch), batch["labels"], self.regression,
+                           self.config.temperature)
 
     def on_evaluation(self, improved: bool) -> None:
         if not improved:
@@ -95,11 +94,8 @@ class SelfRegularization(Distiller):
         log.info("teacher updated from the student (update %d)", self.self_teacher.updates)
 
     def report(self):
-        scalars = {"teacher/updates": float(self.self_teacher.updates if self.self_teacher else 0)}
-        if self.alphas:
-            scalars["teacher/alpha_mean"] = sum(self.alphas) / len(self.alphas)
-            self.alphas.clear()
-        return scalars
+        # teacher/alpha_mean is logged by the trainer with the other parts of the loss (``alpha``).
+        return {"teacher/updates": float(self.self_teacher.updates if self.self_teacher else 0)}
 
     def state_dict(self) -> dict:
         return {"updates": self.self_teacher.updates if self.self_teacher else 0,

@@ -4,6 +4,10 @@ Shapes: classification ``(B, C)`` logits with ``(B,)`` labels; regression ``(B, 
 ``(B,)`` targets; text-to-text ``(B, L, V)`` logits with ``(B, L)`` labels, ``-100`` marking padding
 (excluded everywhere, every non-padding target token counting as one example).
 
+Every loss here, like the models' own task losses, is a mean over the :func:`loss_units` of its batch:
+the trainer weights each micro-batch by its share of the units of the whole global batch, so that a
+step's loss is the mean over all of them whatever the micro-batch size and the number of ranks.
+
 - :func:`standard_kd`: ``a_ce * CE + a_kd * T^2 * KL(softmax(z_t / T) || softmax(z_s / T))``, the mean
   over examples (or tokens); MSE to the teacher's prediction for regression.
 - :func:`adaptive_kd` (PINS self-regularization): per example ``alpha = 1 - H(softmax(z_s)) / log C``
@@ -18,12 +22,23 @@ import math
 import torch
 import torch.nn.functional as F
 
+IGNORE_INDEX = -100
+"""Label of a padding position in a text-to-text target (what the collator pads with)."""
+
+
+def loss_units(labels: torch.Tensor) -> int:
+    """How many terms a loss over this batch averages: non-padding target tokens for ``(B, L)`` text-to-text
+    labels, examples for ``(B,)`` class ids or scores."""
+    if labels.dim() == 2:
+        return int((labels != IGNORE_INDEX).sum())
+    return labels.shape[0]
+
 
 def _flatten(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor):
     """Classification and text-to-text as one case: rows of logits, labels, and which rows count."""
     if student.dim() == 3:
         student, teacher, labels = student.flatten(0, 1), teacher.flatten(0, 1), labels.flatten()
-    keep = labels != -100
+    keep = labels != IGNORE_INDEX
     return student[keep].float(), teacher[keep].float(), labels[keep]
 
 
