@@ -189,7 +189,7 @@ class PruningConfig:
     score_init: float = 0.0
     """Initial value of every mask score."""
     temperature: float = 1.0
-    """Temperature p of sigmoid(S / p) in SMP-S budgets and in the sigmoid-mass regulariser."""
+    """Temperature p of sigmoid(S / p) in SMP-S budgets only; the regulariser uses sigmoid(S), as the SMP code does."""
     regularizer_lambda: float = 400.0
     """Final weight of the sigmoid-mass regulariser (soft_movement and smp), the papers' 400; 0 turns it off.
     SMP needs it: without it, SMP-S on a small model collapses to chance once half the weights are gone."""

@@ -11,7 +11,7 @@ from sparse_dist.config import ConfigError, PruningConfig, load_config
 from sparse_dist.distributed.bitmask import PackedMask
 from sparse_dist.distributed.select import ALL_TIES, Threshold
 from sparse_dist.models.tiny import tiny_checkpoint
-from sparse_dist.pruning.learned import SoftMovementPruner
+from sparse_dist.pruning.build import PRUNERS
 from sparse_dist.pruning.masked_linear import MaskedLinear
 from sparse_dist.pruning.schedule import SparsitySchedule, kept_count
 from sparse_dist.pruning.scopes import build_grouping, sigmoid_mass, smp_budgets, uniform_ks
@@ -96,17 +96,31 @@ def test_uniform_ks_per_scope():
     assert uniform_ks(build_grouping(sites, "global"), 0.25) == [15]
 
 
-def test_soft_movement_regulariser_is_lambda_times_mean_sigmoid_mass():
-    config = PruningConfig(method="soft_movement", scope="global", target_remaining=0.2, regularizer_lambda=400.0,
-                           soft_threshold=0.1)
-    model = torch.nn.ModuleDict({"encoder": torch.nn.ModuleDict({"layer": torch.nn.ModuleList([torch.nn.ModuleDict({
+def two_block_model() -> torch.nn.Module:
+    """The smallest model with prunable sites: one encoder block's intermediate and output matrices."""
+    return torch.nn.ModuleDict({"encoder": torch.nn.ModuleDict({"layer": torch.nn.ModuleList([torch.nn.ModuleDict({
         "intermediate": torch.nn.ModuleDict({"dense": torch.nn.Linear(4, 3)}),
         "output": torch.nn.ModuleDict({"dense": torch.nn.Linear(3, 4)})})])})})
-    pruner = SoftMovementPruner(config, model, find_sites(model), total_steps=10, comm=None)
+
+
+def regularised_pruner(config: PruningConfig, total_steps: int = 10):
+    """The method's pruner on :func:`two_block_model`, masked layers in place (keeping every weight), scores
+    drawn from N(0, 1)."""
+    model = two_block_model()
+    pruner = PRUNERS[config.method](config, model, find_sites(model), total_steps=total_steps, comm=None)
     pruner.prepare(model)
     with torch.no_grad():
         for i, layer in enumerate(pruner.layers):
             layer.scores.normal_(generator=torch.Generator().manual_seed(i))
+            n = layer.scores.numel()
+            layer.rule = Threshold(k=n, n=n, value=-math.inf, tie_tensor=ALL_TIES, tie_position=0)
+    return pruner
+
+
+def test_soft_movement_regulariser_is_lambda_times_mean_sigmoid_mass():
+    config = PruningConfig(method="soft_movement", scope="global", target_remaining=0.2, regularizer_lambda=400.0,
+                           soft_threshold=0.1)
+    pruner = regularised_pruner(config)
     for layer in pruner.layers:  # the forward pass records each layer's sigmoid mass
         layer(torch.randn(2, layer.in_features))
     term = pruner.loss_terms(step=5)["regularizer"]
@@ -114,6 +128,21 @@ def test_soft_movement_regulariser_is_lambda_times_mean_sigmoid_mass():
     assert float(term) == pytest.approx(400.0 * pruner.schedule.progress(5) * mean_mass)
     term.backward()
     assert all(layer.scores.grad is not None for layer in pruner.layers)
+
+
+def test_smp_regulariser_has_no_temperature():
+    """SMP's code: lambda_t mean_l mean(sigmoid(S_l)), the temperature p only in the SMP-S budgets. Its gradient
+    is lambda_t sigmoid'(S) / (n_l L), whatever p (the paper's sigmoid(S / p) would divide it by about p)."""
+    config = PruningConfig(method="smp", scope="per_type", target_remaining=0.2, regularizer_lambda=400.0,
+                           temperature=4.0)
+    pruner = regularised_pruner(config)
+    for layer in pruner.layers:
+        layer(torch.randn(2, layer.in_features))
+    pruner.loss_terms(step=5)["regularizer"].backward()
+    weight = 400.0 * (1 - (1 - 5 / 10) ** 3)  # lambda_t = lambda (1 - (1 - t/T)^3)
+    for layer in pruner.layers:
+        s = torch.sigmoid(layer.scores.detach())
+        torch.testing.assert_close(layer.scores.grad, weight * s * (1 - s) / (s.numel() * len(pruner.layers)))
 
 
 @pytest.mark.parametrize("name, loader, kinds, count", [

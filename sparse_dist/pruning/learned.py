@@ -12,8 +12,10 @@ scores initialised to ``score_init`` and trained by Adam at ``score_lr``.
 - soft_movement: no top-k; a weight is kept where sigmoid(S) > tau, tau ramped from 0 to
   ``soft_threshold`` with the schedule, and the regulariser's lambda ramped the same way.
 
-``R(S)`` is the mean over matrices of mean(sigmoid(S / p)), computed inside each layer's forward pass
-(where ZeRO-3 has the full scores) so that it is differentiable.
+``R(S)`` is the mean over matrices of mean(sigmoid(S)), computed inside each layer's forward pass
+(where ZeRO-3 has the full scores) so that it is differentiable. It has no temperature: SMP's released
+code divides by ``p`` only in the SMP-S budgets (the paper writes sigmoid(S / p) in the regulariser too,
+which would shrink its gradient: 4 times at S = 0 with p = 4).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class LearnedScorePruner(Pruner):
         return "local" if self.config.method == "smp" and self.config.scope == "per_type" else self.config.scope
 
     def prepare(self, trained: torch.nn.Module) -> None:
-        self.layers = replace_with_masked(self.pretrained, self.sites, self.config.score_init, self.config.temperature)
+        self.layers = replace_with_masked(self.pretrained, self.sites, self.config.score_init)
         for layer in self.layers:
             layer.mode = "threshold"
             layer.track_sigmoid_mass = self.config.regularizer_lambda > 0
@@ -114,7 +116,7 @@ class SoftMovementPruner(LearnedScorePruner):
         return self.config.regularizer_lambda * self.schedule.progress(step)
 
 
-def replace_with_masked(model: torch.nn.Module, sites, score_init: float, temperature: float) -> list[MaskedLinear]:
+def replace_with_masked(model: torch.nn.Module, sites, score_init: float) -> list[MaskedLinear]:
     """Swap every site's linear layer for a MaskedLinear that keeps its weight and bias parameters.
 
     Under ZeRO-3 the new score parameters are created inside ``deepspeed.zero.Init``, so they are
@@ -129,7 +131,7 @@ def replace_with_masked(model: torch.nn.Module, sites, score_init: float, temper
         linear = getattr(parent, child)
         partitioned = is_partitioned(linear.weight)
         with deepspeed.zero.Init(config_dict_or_path=deepspeed_config()) if partitioned else contextlib.nullcontext():
-            layer = MaskedLinear(linear, score_init, temperature)
+            layer = MaskedLinear(linear, score_init)
         setattr(parent, child, layer)
         layers.append(layer)
     return layers

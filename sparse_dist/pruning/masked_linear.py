@@ -9,6 +9,11 @@ ZeRO-3 partitions them (the layer is built inside ``deepspeed.zero.Init`` when t
 ZeRO shards their Adam states. Inside the forward pass ZeRO-3 has gathered the full scores, so the mask
 is computed from the full tensor with the group's selection rule (a
 :class:`~sparse_dist.distributed.select.Threshold`), which gives the same mask on every rank.
+
+The layer also records ``mean(sigmoid(S))`` for the sigmoid-mass regulariser of soft movement and SMP.
+There is no temperature in it: SMP's released code uses ``sigmoid(S)`` in the regulariser and the
+temperature ``p`` only in the SMP-S budgets (:mod:`~sparse_dist.pruning.scopes`), although the paper
+writes ``sigmoid(S / p)`` for both.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ class MaskedLinear(torch.nn.Module):
     and ``"sigmoid"`` (keep where sigmoid(S) > tau, soft movement). ``"none"`` keeps everything.
     """
 
-    def __init__(self, linear: torch.nn.Linear, score_init: float, temperature: float = 1.0):
+    def __init__(self, linear: torch.nn.Linear, score_init: float):
         super().__init__()
         self.in_features = linear.in_features
         self.out_features = linear.out_features
@@ -61,7 +66,6 @@ class MaskedLinear(torch.nn.Module):
         shape = tuple(getattr(linear.weight, "ds_shape", linear.weight.shape))
         self.scores = torch.nn.Parameter(torch.full(shape, float(score_init), dtype=torch.float32,
                                                     device=linear.weight.device))
-        self.temperature = temperature
         self.mode = "none"
         self.rule: Threshold | None = None
         """Selection rule of this layer's group ("threshold" mode)."""
@@ -73,7 +77,7 @@ class MaskedLinear(torch.nn.Module):
         """A whole mask that overrides the rule (a teacher's older mask), or None."""
         self.track_sigmoid_mass = False
         self.sigmoid_mass: torch.Tensor | None = None
-        """mean(sigmoid(S / temperature)) from the last forward pass, for the regulariser (differentiable)."""
+        """mean(sigmoid(S)) from the last forward pass, for the regulariser (differentiable; no temperature)."""
 
     def current_mask(self, scores: torch.Tensor | None = None) -> torch.Tensor:
         """The bool mask of the whole weight for the current rule (``scores`` defaults to the layer's)."""
@@ -96,7 +100,7 @@ class MaskedLinear(torch.nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if self.track_sigmoid_mass:
-            self.sigmoid_mass = torch.sigmoid(self.scores / self.temperature).mean()
+            self.sigmoid_mass = torch.sigmoid(self.scores).mean()
         mask = _StraightThrough.apply(self.scores, self.current_mask().detach())
         return F.linear(inputs, self.weight * mask.to(self.weight.dtype), self.bias)
 

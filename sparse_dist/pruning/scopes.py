@@ -7,6 +7,7 @@
 
 SMP-S budgets: within each type, matrix ``l`` of ``L`` keeps the fraction
 ``v_l = r * L * R(S_l) / sum_l' R(S_l')`` (capped at 1) of its weights, ``R(S) = sum sigmoid(S / p)``.
+The temperature ``p`` appears here only, not in the regulariser (as in SMP's released code).
 ``R`` is summed over each rank's fragments in fixed point (2^-24 units, exactly in int64) before the
 all-reduce, so the budgets, and therefore the masks, are bitwise the same for any world size.
 """
