@@ -172,8 +172,8 @@ class PruningConfig:
 
     method: Literal["none", "magnitude", "movement", "soft_movement", "smp", "platon", "pins"] = "none"
     """none (dense fine-tuning), magnitude, movement, soft_movement, smp (static model pruning), platon, pins."""
-    scope: Literal["local", "per_type", "global"] = "global"
-    """Where the top-k is taken: per matrix, per matrix type (for smp: SMP-S budgets), or over all."""
+    scope: Literal["auto", "local", "per_type", "global"] = "auto"
+    """Top-k per matrix, per type (smp: SMP-S budgets) or over all; auto: local for movement, global for the rest."""
     target_remaining: float = 0.1
     """Fraction of prunable weights kept at the end of the ramp (sparsity = 1 - target_remaining)."""
     schedule: Literal["cubic", "linear"] = "cubic"
@@ -190,9 +190,8 @@ class PruningConfig:
     """Initial value of every mask score."""
     temperature: float = 1.0
     """Temperature p of sigmoid(S / p) in SMP-S budgets only; the regulariser uses sigmoid(S), as the SMP code does."""
-    regularizer_lambda: float = 400.0
-    """Final weight of the sigmoid-mass regulariser (soft_movement and smp), the papers' 400; 0 turns it off.
-    SMP needs it: without it, SMP-S on a small model collapses to chance once half the weights are gone."""
+    regularizer_lambda: float | None = None
+    """Final weight of the sigmoid-mass regulariser, soft_movement and smp only (null: the papers' 400; 0: off)."""
     soft_threshold: float = 0.1
     """Final sigmoid threshold tau of soft movement (ramped from 0 with the schedule)."""
     window_steps: int = 10
@@ -443,11 +442,21 @@ def validate(config: RunConfig) -> None:
 
 _SCOPES = {"magnitude": ("local", "global"), "movement": ("local", "per_type", "global"),
            "soft_movement": ("global",), "smp": ("local", "per_type"), "platon": ("global",), "pins": ("global",)}
+_DEFAULT_SCOPES = {"magnitude": "global", "movement": "local", "soft_movement": "global", "platon": "global",
+                   "pins": "global"}  # smp has two variants and no default
+REGULARIZED_METHODS = ("soft_movement", "smp")
+"""Methods whose pruner adds the sigmoid-mass regulariser (their pruner class says ``regularized``)."""
+DEFAULT_REGULARIZER_LAMBDA = 400.0
 
 
 def _validate_pruning(p: PruningConfig, max_steps: int) -> None:
+    """Check the pruning section and fill in the method's defaults (scope, regulariser weight)."""
     if p.method == "none":
         return
+    if p.scope == "auto":
+        _require(p.method in _DEFAULT_SCOPES, "pruning.scope",
+                 f"{p.method} has no default scope: choose one of {', '.join(_SCOPES[p.method])}", p.scope)
+        p.scope = _DEFAULT_SCOPES[p.method]
     _require(p.scope in _SCOPES[p.method], "pruning.scope", f"{p.method} supports {', '.join(_SCOPES[p.method])}",
              p.scope)
     _require(0 < p.target_remaining <= 1, "pruning.target_remaining", "must be in (0, 1]", p.target_remaining)
@@ -459,11 +468,18 @@ def _validate_pruning(p: PruningConfig, max_steps: int) -> None:
     _require(p.prune_every_steps >= 1, "pruning.prune_every_steps", "must be >= 1", p.prune_every_steps)
     _require(p.score_lr > 0, "pruning.score_lr", "must be > 0", p.score_lr)
     _require(p.temperature > 0, "pruning.temperature", "must be > 0", p.temperature)
-    _require(p.regularizer_lambda >= 0, "pruning.regularizer_lambda", "must be >= 0", p.regularizer_lambda)
     _require(0 <= p.soft_threshold < 1, "pruning.soft_threshold", "must be in [0, 1)", p.soft_threshold)
     _require(p.window_steps >= 1, "pruning.window_steps", "must be >= 1", p.window_steps)
     _require(0 <= p.beta1 < 1, "pruning.beta1", "must be in [0, 1)", p.beta1)
     _require(0 <= p.beta2 <= 1, "pruning.beta2", "must be in [0, 1]", p.beta2)
+    if p.method in REGULARIZED_METHODS:
+        if p.regularizer_lambda is None:
+            p.regularizer_lambda = DEFAULT_REGULARIZER_LAMBDA
+        _require(p.regularizer_lambda >= 0, "pruning.regularizer_lambda", "must be >= 0", p.regularizer_lambda)
+    else:
+        _require(p.regularizer_lambda is None, "pruning.regularizer_lambda",
+                 f"{p.method} has no regulariser (only {' and '.join(REGULARIZED_METHODS)} do); leave it unset",
+                 p.regularizer_lambda)
 
 
 # --------------------------------------------------------------------------------------------------

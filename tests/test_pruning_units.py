@@ -7,7 +7,7 @@ import torch
 from simulated_ranks import run_ranks
 from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
-from sparse_dist.config import ConfigError, PruningConfig, load_config
+from sparse_dist.config import REGULARIZED_METHODS, ConfigError, PruningConfig, load_config
 from sparse_dist.distributed.bitmask import PackedMask
 from sparse_dist.distributed.select import ALL_TIES, Threshold
 from sparse_dist.models.tiny import tiny_checkpoint
@@ -145,6 +145,22 @@ def test_smp_regulariser_has_no_temperature():
         torch.testing.assert_close(layer.scores.grad, weight * s * (1 - s) / (s.numel() * len(pruner.layers)))
 
 
+def test_movement_has_no_regulariser_and_keeps_per_matrix_by_default():
+    """Sanh et al.: top-k per matrix and no regulariser; global is an option. Only soft movement and SMP
+    regularise, and the pruner classes say so (the config's table of regularised methods agrees)."""
+    config = load_config(None, ["pruning.method=movement"], world_size=1).pruning
+    assert config.scope == "local" and config.regularizer_lambda is None
+    global_scope = load_config(None, ["pruning.method=movement", "pruning.scope=global"], world_size=1).pruning
+    assert global_scope.scope == "global"
+    pruner = regularised_pruner(config)
+    for layer in pruner.layers:
+        layer(torch.randn(2, layer.in_features))
+    assert pruner.loss_terms(1) == {} and all(layer.sigmoid_mass is None for layer in pruner.layers)
+    assert {m for m, cls in PRUNERS.items() if cls.regularized} == set(REGULARIZED_METHODS)
+    for overrides in (["pruning.method=soft_movement"], ["pruning.method=smp", "pruning.scope=local"]):
+        assert load_config(None, overrides, world_size=1).pruning.regularizer_lambda == 400.0  # the papers'
+
+
 @pytest.mark.parametrize("name, loader, kinds, count", [
     ("tiny-bert", AutoModelForSequenceClassification, {"Q", "K", "V", "O", "U", "D"}, 12),
     ("tiny-roberta", AutoModelForSequenceClassification, {"Q", "K", "V", "O", "U", "D"}, 12),
@@ -182,6 +198,12 @@ def test_packed_masks_round_trip_and_count():
     (["pruning.method=movement", "pruning.initial_warmup_steps=60", "pruning.final_warmup_steps=40",
       "training.max_steps=100"], "pruning.final_warmup_steps: initial + final warm-up must leave a ramp"),
     (["pruning.method=smp", "pruning.scope=local", "model.head=classifier"], "model.head: smp keeps the pretrained"),
+    (["pruning.method=smp"], "pruning.scope: smp has no default scope: choose one of local, per_type, got 'auto'"),
+    (["pruning.method=movement", "pruning.regularizer_lambda=400"],
+     "pruning.regularizer_lambda: movement has no regulariser (only soft_movement and smp do); leave it unset, "
+     "got 400.0"),
+    (["pruning.method=platon", "pruning.regularizer_lambda=0"], "pruning.regularizer_lambda: platon has no regul"),
+    (["pruning.method=soft_movement", "pruning.regularizer_lambda=-1"], "pruning.regularizer_lambda: must be >= 0"),
 ])
 def test_bad_pruning_configs(overrides, message):
     with pytest.raises(ConfigError) as caught:

@@ -3,8 +3,9 @@
 Every prunable linear layer becomes a :class:`~sparse_dist.pruning.masked_linear.MaskedLinear` with
 scores initialised to ``score_init`` and trained by Adam at ``score_lr``.
 
-- movement: weights are trained too; the mask is the top-k of the scores (local, per type or global)
-  at the schedule's remaining fraction, recomputed every step.
+- movement: weights are trained too; the mask is the top-k of the scores (per matrix by default, as
+  Sanh et al.; per type or global as options) at the schedule's remaining fraction, recomputed every
+  step. No regulariser: none of the movement references has one.
 - smp: every pretrained weight and the head are frozen, only the scores train; SMP-L takes the top-k
   per matrix, SMP-S per matrix with budgets from the sigmoid mass of each type (see
   :mod:`~sparse_dist.pruning.scopes`). The regulariser ``lambda_t R(S)`` with
@@ -34,20 +35,23 @@ from sparse_dist.pruning.scopes import sigmoid_mass, smp_budgets, uniform_ks
 
 
 class LearnedScorePruner(Pruner):
-    """movement and smp: top-k of learned scores, every step."""
+    """Scores learned through masked layers; the mask is the top-k of the scores, recomputed every step.
+
+    What a method adds is said by the class attributes ``regularized`` (the sigmoid-mass regulariser
+    ``lambda_t R(S)``) and ``freezes_weights`` (only the scores train), not by its name."""
 
     every_step_after_ramp = True
 
-    def selection_scope(self) -> str:
-        # SMP-S selects within each matrix; its per-type coupling is the budget, not the selection group.
-        return "local" if self.config.method == "smp" and self.config.scope == "per_type" else self.config.scope
+    @property
+    def regularizer_on(self) -> bool:
+        return self.regularized and self.config.regularizer_lambda > 0
 
     def prepare(self, trained: torch.nn.Module) -> None:
         self.layers = replace_with_masked(self.pretrained, self.sites, self.config.score_init)
         for layer in self.layers:
             layer.mode = "threshold"
-            layer.track_sigmoid_mass = self.config.regularizer_lambda > 0
-        if self.config.method == "smp":  # weights, embeddings, norms and the head stay as pretrained
+            layer.track_sigmoid_mass = self.regularizer_on
+        if self.freezes_weights:  # weights, embeddings, norms and the head stay as pretrained
             for name, param in trained.named_parameters():
                 param.requires_grad = name.endswith(".scores")
 
@@ -61,17 +65,16 @@ class LearnedScorePruner(Pruner):
     def step(self, step: int) -> None:
         self._update(step)
 
+    def kept_counts(self, values: list[torch.Tensor]) -> list[int]:
+        """How many scores each selection group keeps at the current target."""
+        return uniform_ks(self.grouping, self.target)
+
     def _update(self, step: int) -> None:
         self.target = self.schedule.remaining(step)
         with torch.no_grad():
             values = [f.working().detach() for f in self.fragments]  # what the forward pass will read
-        if self.config.method == "smp" and self.config.scope == "per_type":
-            mass = sigmoid_mass(values, self.config.temperature, self.comm)
-            ks = smp_budgets(self.sites, mass, self.target)
-        else:
-            ks = uniform_ks(self.grouping, self.target)
         dtype = self.fragments[0].working().dtype
-        self.replace_masks(self.select(values, ks, dtype))
+        self.replace_masks(self.select(values, self.kept_counts(values), dtype))
         for i, layer in enumerate(self.layers):
             layer.rule = self.thresholds[self.grouping.group[i]]
             layer.tensor_index = self.grouping.tensor[i]
@@ -81,7 +84,7 @@ class LearnedScorePruner(Pruner):
         return self.config.regularizer_lambda * (1 - (1 - progress) ** 3)
 
     def loss_terms(self, step: int) -> dict[str, torch.Tensor]:
-        if self.config.regularizer_lambda <= 0:
+        if not self.regularizer_on:
             return {}
         masses = [layer.sigmoid_mass for layer in self.layers if layer.sigmoid_mass is not None]
         value = torch.stack(masses).mean()
@@ -90,13 +93,35 @@ class LearnedScorePruner(Pruner):
 
     def report(self) -> dict[str, float]:
         scalars = super().report()
-        if self.config.regularizer_lambda > 0 and hasattr(self, "last_regularizer"):
+        if self.regularizer_on and hasattr(self, "last_regularizer"):
             scalars["prune/regularizer"] = self.last_regularizer
         return scalars
 
 
+class MovementPruner(LearnedScorePruner):
+    """movement (Sanh et al. 2020): weights and scores train, top-k of the scores, no regulariser."""
+
+
+class SMPPruner(LearnedScorePruner):
+    """SMP: only the scores train; SMP-L takes the top-k per matrix, SMP-S per matrix with per-type budgets."""
+
+    regularized = True
+    freezes_weights = True
+
+    def selection_scope(self) -> str:
+        # SMP-S selects within each matrix; its per-type coupling is the budget, not the selection group.
+        return "local"
+
+    def kept_counts(self, values: list[torch.Tensor]) -> list[int]:
+        if self.config.scope == "per_type":
+            return smp_budgets(self.sites, sigmoid_mass(values, self.config.temperature, self.comm), self.target)
+        return super().kept_counts(values)
+
+
 class SoftMovementPruner(LearnedScorePruner):
     """soft movement: keep where sigmoid(S) > tau; the kept fraction is whatever results."""
+
+    regularized = True
 
     def prepare(self, trained: torch.nn.Module) -> None:
         super().prepare(trained)

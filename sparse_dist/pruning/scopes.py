@@ -49,6 +49,8 @@ def build_grouping(sites: Sequence[Site], scope: str) -> Grouping:
     if scope == "local":
         return Grouping(list(range(len(sites))), [0] * len(sites), [s.numel for s in sites], [s.name for s in sites],
                         [1] * len(sites))
+    if scope != "per_type":
+        raise ValueError(f"unknown selection scope {scope!r} (the config resolves 'auto' to the method's scope)")
     kinds = list(dict.fromkeys(s.kind for s in sites))
     group = [kinds.index(s.kind) for s in sites]
     tensor, seen = [], [0] * len(kinds)
