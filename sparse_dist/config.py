@@ -182,8 +182,8 @@ class PruningConfig:
     """Steps before pruning starts (remaining stays 1)."""
     final_warmup_steps: int = 0
     """Steps at the end with the target remaining fraction reached."""
-    prune_every_steps: int = 1
-    """Mask update interval during the ramp for magnitude (learned-score methods update every step)."""
+    prune_every_steps: int | None = None
+    """Ramp mask interval: magnitude (null: 1); platon/pins a multiple of window_steps (null: it); others every step."""
     score_lr: float = 1.0e-2
     """Learning rate of the mask scores (movement, soft_movement, smp)."""
     score_init: float = 0.0
@@ -446,11 +446,15 @@ _DEFAULT_SCOPES = {"magnitude": "global", "movement": "local", "soft_movement": 
                    "pins": "global"}  # smp has two variants and no default
 REGULARIZED_METHODS = ("soft_movement", "smp")
 """Methods whose pruner adds the sigmoid-mass regulariser (their pruner class says ``regularized``)."""
+WINDOWED_METHODS = ("platon", "pins")
+"""Methods that choose masks from importance averaged over windows of ``window_steps``, at window ends."""
+EVERY_STEP_METHODS = ("movement", "soft_movement", "smp")
+"""Methods whose masks follow learned scores at every step (``prune_every_steps`` does not apply)."""
 DEFAULT_REGULARIZER_LAMBDA = 400.0
 
 
 def _validate_pruning(p: PruningConfig, max_steps: int) -> None:
-    """Check the pruning section and fill in the method's defaults (scope, regulariser weight)."""
+    """Check the pruning section and fill in the method's defaults (scope, mask interval, regulariser weight)."""
     if p.method == "none":
         return
     if p.scope == "auto":
@@ -465,7 +469,6 @@ def _validate_pruning(p: PruningConfig, max_steps: int) -> None:
     _require(p.initial_warmup_steps + p.final_warmup_steps < max_steps, "pruning.final_warmup_steps",
              f"initial + final warm-up must leave a ramp before training.max_steps={max_steps}",
              p.initial_warmup_steps + p.final_warmup_steps)
-    _require(p.prune_every_steps >= 1, "pruning.prune_every_steps", "must be >= 1", p.prune_every_steps)
     _require(p.score_lr > 0, "pruning.score_lr", "must be > 0", p.score_lr)
     _require(p.temperature > 0, "pruning.temperature", "must be > 0", p.temperature)
     _require(0 <= p.soft_threshold < 1, "pruning.soft_threshold", "must be in [0, 1)", p.soft_threshold)
@@ -480,6 +483,24 @@ def _validate_pruning(p: PruningConfig, max_steps: int) -> None:
         _require(p.regularizer_lambda is None, "pruning.regularizer_lambda",
                  f"{p.method} has no regulariser (only {' and '.join(REGULARIZED_METHODS)} do); leave it unset",
                  p.regularizer_lambda)
+    if p.method in EVERY_STEP_METHODS:
+        _require(p.prune_every_steps is None, "pruning.prune_every_steps",
+                 f"{p.method} updates its masks at every step; leave it unset", p.prune_every_steps)
+    elif p.method in WINDOWED_METHODS:
+        # A mask is chosen only right after an EMA update of the importance, at a window end (step % window_steps
+        # == 0): before the first one there is no importance to choose from (it would be all zeros).
+        _require(p.window_steps <= max_steps, "pruning.window_steps",
+                 f"{p.method} chooses masks at window ends; the first must come by training.max_steps={max_steps}",
+                 p.window_steps)
+        if p.prune_every_steps is None:
+            p.prune_every_steps = p.window_steps
+        _require(p.prune_every_steps >= 1 and p.prune_every_steps % p.window_steps == 0, "pruning.prune_every_steps",
+                 f"{p.method} updates masks at window ends: must be a multiple of "
+                 f"pruning.window_steps={p.window_steps}", p.prune_every_steps)
+    else:
+        if p.prune_every_steps is None:
+            p.prune_every_steps = 1
+        _require(p.prune_every_steps >= 1, "pruning.prune_every_steps", "must be >= 1", p.prune_every_steps)
 
 
 # --------------------------------------------------------------------------------------------------

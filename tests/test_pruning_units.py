@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from simulated_ranks import run_ranks
+from tiny_pruning import two_block_model
 from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
 from sparse_dist.config import REGULARIZED_METHODS, ConfigError, PruningConfig, load_config
@@ -94,13 +95,6 @@ def test_uniform_ks_per_scope():
     per_type = build_grouping(sites, "per_type")
     assert per_type.group == [0, 1, 0] and per_type.tensor == [0, 0, 1] and uniform_ks(per_type, 0.5) == [20, 10]
     assert uniform_ks(build_grouping(sites, "global"), 0.25) == [15]
-
-
-def two_block_model() -> torch.nn.Module:
-    """The smallest model with prunable sites: one encoder block's intermediate and output matrices."""
-    return torch.nn.ModuleDict({"encoder": torch.nn.ModuleDict({"layer": torch.nn.ModuleList([torch.nn.ModuleDict({
-        "intermediate": torch.nn.ModuleDict({"dense": torch.nn.Linear(4, 3)}),
-        "output": torch.nn.ModuleDict({"dense": torch.nn.Linear(3, 4)})})])})})
 
 
 def regularised_pruner(config: PruningConfig, total_steps: int = 10):
