@@ -5,10 +5,11 @@ import math
 import pytest
 import torch
 from simulated_ranks import run_ranks
-from tiny_pruning import two_block_model
+from tiny_pruning import even_fragments, two_block_model
 from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
 from sparse_dist.config import REGULARIZED_METHODS, ConfigError, PruningConfig, load_config
+from sparse_dist.distill.teacher import MaskTeacher
 from sparse_dist.distributed.bitmask import PackedMask
 from sparse_dist.distributed.select import ALL_TIES, Threshold
 from sparse_dist.models.tiny import tiny_checkpoint
@@ -137,6 +138,52 @@ def test_smp_regulariser_has_no_temperature():
     for layer in pruner.layers:
         s = torch.sigmoid(layer.scores.detach())
         torch.testing.assert_close(layer.scores.grad, weight * s * (1 - s) / (s.numel() * len(pruner.layers)))
+
+
+def test_a_mask_teacher_pass_leaves_the_students_state_and_regulariser_gradient_unchanged():
+    """SMP with self-regularization: the teacher (an older mask) runs the student's own layers between the
+    student's forward pass and the backward pass of the loss. The gradient on the scores must be what it is
+    without that pass, regulariser included, and every masked layer must be left as it was."""
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_checkpoint("tiny-bert"), hidden_dropout_prob=0.0,
+                                                               attention_probs_dropout_prob=0.0)
+    config = PruningConfig(method="smp", scope="per_type", target_remaining=0.3, regularizer_lambda=400.0)
+    generator = torch.Generator().manual_seed(0)
+    batch = {"input_ids": torch.randint(5, model.config.vocab_size, (4, 12), generator=generator),
+             "attention_mask": torch.ones(4, 12, dtype=torch.long), "labels": torch.tensor([0, 1, 1, 0])}
+
+    def on_rank(comm):
+        pruner = PRUNERS["smp"](config, model, find_sites(model), total_steps=10, comm=comm)
+        pruner.prepare(model)
+        pruner.fragments = even_fragments([(f"{s.name}.scores", layer.scores) for s, layer in
+                                           zip(pruner.sites, pruner.layers)], comm.rank, comm.world_size)
+        with torch.no_grad():
+            for layer in pruner.layers:
+                layer.scores.normal_(generator=generator)
+        pruner.start()
+        teacher = MaskTeacher(model, pruner, comm)
+        teacher.copy_from(model)  # the teacher keeps the masks of step 0 (everything)
+        pruner.step(5)  # the student's masks move on
+        model.train()
+
+        def score_grads(teacher_pass: bool, regulariser: bool = True) -> list[torch.Tensor]:
+            model.zero_grad()
+            outputs = model(**batch)
+            if teacher_pass:
+                before = [layer.snapshot() for layer in pruner.layers]
+                assert not torch.equal(teacher.logits(batch), outputs.logits.detach())  # the older mask
+                after = [layer.snapshot() for layer in pruner.layers]
+                assert all(a.keys() == b.keys() and all(a[k] is b[k] for k in a) for a, b in zip(after, before))
+                assert model.training
+            terms = pruner.loss_terms(5) if regulariser else {}
+            (outputs.loss + sum(terms.values())).backward()
+            return [layer.scores.grad.clone() for layer in pruner.layers]
+
+        return score_grads(False), score_grads(True), score_grads(False, regulariser=False)
+
+    plain, with_teacher, task_only = run_ranks(on_rank, 1)[0]
+    assert all(not torch.allclose(a, b) for a, b in zip(plain, task_only))  # the regulariser's part is there
+    for a, b in zip(plain, with_teacher):
+        assert torch.equal(a, b)
 
 
 def test_movement_has_no_regulariser_and_keeps_per_matrix_by_default():

@@ -13,7 +13,10 @@ is computed from the full tensor with the group's selection rule (a
 The layer also records ``mean(sigmoid(S))`` for the sigmoid-mass regulariser of soft movement and SMP.
 There is no temperature in it: SMP's released code uses ``sigmoid(S)`` in the regulariser and the
 temperature ``p`` only in the SMP-S budgets (:mod:`~sparse_dist.pruning.scopes`), although the paper
-writes ``sigmoid(S / p)`` for both.
+writes ``sigmoid(S / p)`` for both. It is recorded only by passes that autograd records (training
+forwards): a no-grad pass, such as SMP's mask-only teacher running the student's layers, must not
+replace the differentiable value the regulariser is about to use. A pass that must leave the layers
+exactly as they were takes a :meth:`MaskedLinear.snapshot` before and restores it after.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from sparse_dist.distributed.select import NO_TIES, ScoreShard, Threshold
+
+_NOT_STATE = ("_", "ds_")
+"""Attribute prefixes of torch's module internals and of DeepSpeed's, which a snapshot leaves alone."""
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -77,7 +83,18 @@ class MaskedLinear(torch.nn.Module):
         """A whole mask that overrides the rule (a teacher's older mask), or None."""
         self.track_sigmoid_mass = False
         self.sigmoid_mass: torch.Tensor | None = None
-        """mean(sigmoid(S)) from the last forward pass, for the regulariser (differentiable; no temperature)."""
+        """mean(sigmoid(S)) from the last forward pass autograd recorded, for the regulariser (no temperature)."""
+
+    def snapshot(self) -> dict:
+        """The layer's own state: every attribute it or a pass through it sets (rule, fixed mask, mode, sigmoid
+        mass, training flag, ...), not its parameters and not DeepSpeed's bookkeeping (``_``/``ds_`` names)."""
+        return {key: value for key, value in vars(self).items() if not key.startswith(_NOT_STATE)}
+
+    def restore(self, snapshot: dict) -> None:
+        """Put back the state of :meth:`snapshot`, dropping attributes set since."""
+        for key in [k for k in vars(self) if not k.startswith(_NOT_STATE) and k not in snapshot]:
+            delattr(self, key)
+        vars(self).update(snapshot)
 
     def current_mask(self, scores: torch.Tensor | None = None) -> torch.Tensor:
         """The bool mask of the whole weight for the current rule (``scores`` defaults to the layer's)."""
@@ -99,7 +116,7 @@ class MaskedLinear(torch.nn.Module):
         return torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        if self.track_sigmoid_mass:
+        if self.track_sigmoid_mass and torch.is_grad_enabled():  # only the pass the regulariser differentiates
             self.sigmoid_mass = torch.sigmoid(self.scores).mean()
         mask = _StraightThrough.apply(self.scores, self.current_mask().detach())
         return F.linear(inputs, self.weight * mask.to(self.weight.dtype), self.bias)
