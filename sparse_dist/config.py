@@ -194,6 +194,8 @@ class PruningConfig:
     """Final weight of the sigmoid-mass regulariser, soft_movement and smp only (null: the papers' 400; 0: off)."""
     soft_threshold: float = 0.1
     """Final sigmoid threshold tau of soft movement (ramped from 0 with the schedule)."""
+    soft_min_remaining: float = 0.005
+    """soft_movement: each matrix keeps at least its int(r x n) + 1 highest scores, as the released code (0: off)."""
     window_steps: int = 10
     """PLATON/PINS: steps whose instantaneous importance is averaged before each EMA update (dT)."""
     beta1: float = 0.85
@@ -472,6 +474,7 @@ def _validate_pruning(p: PruningConfig, max_steps: int) -> None:
     _require(p.score_lr > 0, "pruning.score_lr", "must be > 0", p.score_lr)
     _require(p.temperature > 0, "pruning.temperature", "must be > 0", p.temperature)
     _require(0 <= p.soft_threshold < 1, "pruning.soft_threshold", "must be in [0, 1)", p.soft_threshold)
+    _require(0 <= p.soft_min_remaining < 1, "pruning.soft_min_remaining", "must be in [0, 1)", p.soft_min_remaining)
     _require(p.window_steps >= 1, "pruning.window_steps", "must be >= 1", p.window_steps)
     _require(0 <= p.beta1 < 1, "pruning.beta1", "must be in [0, 1)", p.beta1)
     _require(0 <= p.beta2 <= 1, "pruning.beta2", "must be in [0, 1]", p.beta2)

@@ -186,6 +186,89 @@ def test_a_mask_teacher_pass_leaves_the_students_state_and_regulariser_gradient_
         assert torch.equal(a, b)
 
 
+def soft_movement_masks(world_size: int, floor: float | None) -> list[dict]:
+    """Soft movement at the end of its ramp (tau 0.5: a score passes if > 0) on ``world_size`` simulated ranks.
+    The intermediate matrix has no positive score (six at -1, six at -2), the output matrix six of twelve.
+    Per matrix: the whole mask assembled from the ranks' packed masks, and the mask its forward pass uses."""
+    extra = {} if floor is None else {"soft_min_remaining": floor}
+    config = PruningConfig(method="soft_movement", scope="global", soft_threshold=0.5, regularizer_lambda=0.0, **extra)
+    scores = [torch.tensor([-1.0] * 6 + [-2.0] * 6), torch.tensor([0.5, -0.5] * 6)]
+
+    def on_rank(comm):
+        model = two_block_model()
+        pruner = PRUNERS["soft_movement"](config, model, find_sites(model), total_steps=10, comm=comm)
+        pruner.prepare(model)
+        with torch.no_grad():
+            for layer, values in zip(pruner.layers, scores):
+                layer.scores.copy_(values.view_as(layer.scores))
+        pruner.fragments = even_fragments([(f"{s.name}.scores", layer.scores) for s, layer in
+                                           zip(pruner.sites, pruner.layers)], comm.rank, comm.world_size)
+        pruner.start()
+        pruner.step(10)
+        out = []
+        for site, fragment, mask, layer in zip(pruner.sites, pruner.fragments, pruner.masks, pruner.layers):
+            whole = torch.zeros(site.numel, dtype=torch.int64)
+            whole[fragment.start:fragment.start + fragment.numel] = mask.unpack().long()
+            comm.all_reduce(whole)
+            x = torch.randn(2, layer.in_features)
+            forward = layer(x)
+            expected = torch.nn.functional.linear(x, layer.weight * layer.current_mask(), layer.bias)
+            out.append({"packed": whole.bool(), "forward": layer.current_mask().reshape(-1),
+                        "forward_output_matches": bool(torch.equal(forward, expected))})
+        return out
+
+    ranks = run_ranks(on_rank, world_size)
+    for other in ranks[1:]:  # every rank holds the same whole masks and masks its forward pass alike
+        assert all(torch.equal(a["packed"], b["packed"]) and torch.equal(a["forward"], b["forward"])
+                   for a, b in zip(other, ranks[0]))
+    return ranks[0]
+
+
+@pytest.mark.parametrize("floor, kept", [(None, 1), (0.25, 4), (0.0, 0)])
+def test_soft_movement_keeps_a_floor_of_each_matrix(floor, kept):
+    """The released code keeps int(0.005 n) + 1 of a matrix's highest scores when fewer pass tau (here 1 of 12;
+    4 of 12 with a floor of 0.25; none with the floor off). Ties go to the lower index, on any number of ranks;
+    a matrix above its floor keeps exactly what passes; the forward pass masks with the packed masks."""
+    results = {ws: soft_movement_masks(ws, floor) for ws in (1, 2, 3)}
+    for ws, (emptied, half) in results.items():
+        assert emptied["packed"].tolist() == [True] * kept + [False] * (12 - kept), f"{ws} rank(s)"
+        assert half["packed"].tolist() == [True, False] * 6, f"{ws} rank(s)"
+        for matrix in (emptied, half):
+            assert torch.equal(matrix["forward"], matrix["packed"]) and matrix["forward_output_matches"]
+
+
+@pytest.mark.parametrize("method", ["movement", "smp", "soft_movement"])
+def test_a_resumed_pruner_masks_its_forward_pass_with_the_saved_masks(method):
+    """Resuming restores the masks and the selection rules, and the layers' forward pass uses them at once
+    (before the first step after the resume, which is when they would otherwise be set)."""
+    extra = {"soft_movement": {"soft_threshold": 0.5, "regularizer_lambda": 0.0},
+             "smp": {"regularizer_lambda": 400.0}}.get(method, {})
+    config = PruningConfig(method=method, scope="per_type" if method == "smp" else "global", target_remaining=0.3,
+                           **extra)
+
+    def on_rank(comm):
+        def build():
+            model = two_block_model()
+            pruner = PRUNERS[method](config, model, find_sites(model), total_steps=10, comm=comm)
+            pruner.prepare(model)
+            with torch.no_grad():
+                for i, layer in enumerate(pruner.layers):
+                    layer.scores.normal_(generator=torch.Generator().manual_seed(i))
+            pruner.fragments = even_fragments([(f"{s.name}.scores", layer.scores) for s, layer in
+                                               zip(pruner.sites, pruner.layers)], comm.rank, comm.world_size)
+            return pruner
+
+        saved = build()
+        saved.start()
+        saved.step(6)
+        resumed = build()
+        resumed.load_state_dict([saved.state_dict()])
+        return [(layer.current_mask().reshape(-1), mask.unpack()) for layer, mask in zip(resumed.layers, saved.masks)]
+
+    for forward, packed in run_ranks(on_rank, 1)[0]:
+        assert torch.equal(forward, packed) and 0 < int(packed.sum()) < packed.numel()
+
+
 def test_movement_has_no_regulariser_and_keeps_per_matrix_by_default():
     """Sanh et al.: top-k per matrix and no regulariser; global is an option. Only soft movement and SMP
     regularise, and the pruner classes say so (the config's table of regularised methods agrees)."""

@@ -11,7 +11,10 @@ scores initialised to ``score_init`` and trained by Adam at ``score_lr``.
   :mod:`~sparse_dist.pruning.scopes`). The regulariser ``lambda_t R(S)`` with
   ``lambda_t = lambda (1 - (1 - t/T)^3)`` pushes the sigmoid mass down.
 - soft_movement: no top-k; a weight is kept where sigmoid(S) > tau, tau ramped from 0 to
-  ``soft_threshold`` with the schedule, and the regulariser's lambda ramped the same way.
+  ``soft_threshold`` with the schedule, and the regulariser's lambda ramped the same way. As in the
+  released code, a matrix in which fewer than ``int(soft_min_remaining x n) + 1`` scores pass keeps
+  that many of its highest scores instead (0.5% by default), so no matrix is emptied; those come from the
+  exact distributed selection per matrix, and the layers mask with the same rules in their forward pass.
 
 ``R(S)`` is the mean over matrices of mean(sigmoid(S)), computed inside each layer's forward pass
 (where ZeRO-3 has the full scores) so that it is differentiable. It has no temperature: SMP's released
@@ -29,9 +32,10 @@ import torch
 from sparse_dist.distributed.bitmask import PackedMask
 from sparse_dist.distributed.fragments import build_fragments
 from sparse_dist.distributed.gather import is_partitioned
+from sparse_dist.distributed.select import NO_TIES, Threshold
 from sparse_dist.pruning.masked_linear import MaskedLinear, _logit
 from sparse_dist.pruning.pruner import Pruner
-from sparse_dist.pruning.scopes import sigmoid_mass, smp_budgets, uniform_ks
+from sparse_dist.pruning.scopes import floor_count, sigmoid_mass, smp_budgets, uniform_ks
 
 
 class LearnedScorePruner(Pruner):
@@ -71,13 +75,25 @@ class LearnedScorePruner(Pruner):
 
     def _update(self, step: int) -> None:
         self.target = self.schedule.remaining(step)
+        values = self._working_scores()
+        self.replace_masks(self.select(values, self.kept_counts(values), values[0].dtype))
+        self._bind_rules()
+
+    def _working_scores(self) -> list[torch.Tensor]:
+        """This rank's fragment of every score tensor, as the forward pass will read it."""
         with torch.no_grad():
-            values = [f.working().detach() for f in self.fragments]  # what the forward pass will read
-        dtype = self.fragments[0].working().dtype
-        self.replace_masks(self.select(values, self.kept_counts(values), dtype))
+            return [f.working().detach() for f in self.fragments]
+
+    def _bind_rules(self) -> None:
+        """Give every masked layer its group's selection rule, so that the forward pass masks with exactly the
+        masks the pruner holds (and every rank agrees on them)."""
         for i, layer in enumerate(self.layers):
             layer.rule = self.thresholds[self.grouping.group[i]]
             layer.tensor_index = self.grouping.tensor[i]
+
+    def load_state_dict(self, states: list[dict]) -> None:
+        super().load_state_dict(states)
+        self._bind_rules()  # a resumed run's first forward pass masks as the saved run's next one would
 
     def regularizer_weight(self, step: int) -> float:
         progress = min(1.0, step / self.schedule.total_steps)
@@ -119,23 +135,31 @@ class SMPPruner(LearnedScorePruner):
 
 
 class SoftMovementPruner(LearnedScorePruner):
-    """soft movement: keep where sigmoid(S) > tau; the kept fraction is whatever results."""
+    """soft movement: keep where sigmoid(S) > tau, and in every matrix at least its highest scores."""
 
     regularized = True
 
-    def prepare(self, trained: torch.nn.Module) -> None:
-        super().prepare(trained)
-        for layer in self.layers:
-            layer.mode = "sigmoid"
+    def selection_scope(self) -> str:
+        return "local"  # no top-k over all; the floor is per matrix
 
     def _update(self, step: int) -> None:
         self.target = self.schedule.remaining(step)
-        tau = self.config.soft_threshold * self.schedule.progress(step)
-        cut = _logit(tau)
-        for layer in self.layers:
-            layer.sigmoid_threshold = tau
-        with torch.no_grad():
-            self.replace_masks([PackedMask.pack(f.working() > cut) for f in self.fragments])
+        cut = _logit(self.config.soft_threshold * self.schedule.progress(step))  # sigmoid(S) > tau <=> S > cut
+        values = self._working_scores()
+        passing = torch.tensor([int((v > cut).sum()) for v in values], dtype=torch.int64)
+        total = passing.to(getattr(self.comm, "device", torch.device("cpu")))
+        self.comm.all_reduce(total)
+        passing = [int(c) for c in total.cpu()]
+        floors = [floor_count(self.config.soft_min_remaining, site.numel) for site in self.sites]
+        if any(c < f for c, f in zip(passing, floors)):
+            # Some matrix would keep fewer than its floor: it keeps its highest scores, from the exact selection
+            # (a matrix above its floor keeps its top `passing`, which are exactly the scores above the cut).
+            ks = [max(c, f) for c, f in zip(passing, floors)]
+            self.replace_masks(self.select(values, ks, values[0].dtype))
+        else:
+            self.thresholds = [Threshold(c, site.numel, cut, NO_TIES, 0) for c, site in zip(passing, self.sites)]
+            self.replace_masks([PackedMask.pack(v > cut) for v in values])
+        self._bind_rules()
 
     def regularizer_weight(self, step: int) -> float:
         return self.config.regularizer_lambda * self.schedule.progress(step)

@@ -59,8 +59,8 @@ def threshold_mask(scores: torch.Tensor, rule: Threshold, tensor: int) -> torch.
 class MaskedLinear(torch.nn.Module):
     """A linear layer with a learned score per weight; keeps the original weight and bias parameters.
 
-    Mask modes: ``"threshold"`` (top-k by score, the rule set by the pruner before every forward pass)
-    and ``"sigmoid"`` (keep where sigmoid(S) > tau, soft movement). ``"none"`` keeps everything.
+    Mask modes: ``"threshold"`` (the rule set by the pruner before every forward pass: a top-k, or soft
+    movement's threshold with its floor) and ``"none"`` (keeps everything).
     """
 
     def __init__(self, linear: torch.nn.Linear, score_init: float):
@@ -77,8 +77,6 @@ class MaskedLinear(torch.nn.Module):
         """Selection rule of this layer's group ("threshold" mode)."""
         self.tensor_index = 0
         """This layer's tensor number in its selection group."""
-        self.sigmoid_threshold = 0.0
-        """tau of the "sigmoid" mode."""
         self.fixed_mask: torch.Tensor | None = None
         """A whole mask that overrides the rule (a teacher's older mask), or None."""
         self.track_sigmoid_mass = False
@@ -103,16 +101,12 @@ class MaskedLinear(torch.nn.Module):
         scores = self.scores if scores is None else scores
         if self.mode == "threshold":
             return threshold_mask(scores, self.rule, self.tensor_index)
-        if self.mode == "sigmoid":
-            return scores > _logit(self.sigmoid_threshold)
         return torch.ones_like(scores, dtype=torch.bool)
 
     def mask_of_range(self, scores: torch.Tensor, start: int) -> torch.Tensor:
         """The current mask of the flat elements ``[start, start + len(scores))``, from those scores."""
         if self.mode == "threshold":
             return self.rule.mask(ScoreShard(scores.reshape(-1), 0, self.tensor_index, start))
-        if self.mode == "sigmoid":
-            return scores.reshape(-1) > _logit(self.sigmoid_threshold)
         return torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:

@@ -66,6 +66,11 @@ def uniform_ks(grouping: Grouping, remaining: float) -> list[int]:
     return [kept_count(remaining, n) for n in grouping.sizes]
 
 
+def floor_count(fraction: float, numel: int) -> int:
+    """The fewest weights a soft-movement matrix keeps: int(fraction x n) + 1, as the released code (0 if off)."""
+    return 0 if fraction <= 0 else min(numel, int(fraction * numel) + 1)
+
+
 def sigmoid_mass(fragments_scores: Sequence[torch.Tensor], temperature: float, comm: Communicator) -> list[int]:
     """R(S) = sum sigmoid(S / p) per matrix over all ranks, in fixed point (exact, order-independent)."""
     local = torch.tensor([int(torch.round(torch.sigmoid(s.double() / temperature) * _FIXED_POINT).sum())
