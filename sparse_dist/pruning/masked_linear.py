@@ -28,9 +28,6 @@ import torch.nn.functional as F
 
 from sparse_dist.distributed.select import NO_TIES, ScoreShard, Threshold
 
-_NOT_STATE = ("_", "ds_")
-"""Attribute prefixes of torch's module internals and of DeepSpeed's, which a snapshot leaves alone."""
-
 
 class _StraightThrough(torch.autograd.Function):
     """Forward: the given binary mask. Backward: the incoming gradient, unchanged, to the scores."""
@@ -82,16 +79,16 @@ class MaskedLinear(torch.nn.Module):
         self.track_sigmoid_mass = False
         self.sigmoid_mass: torch.Tensor | None = None
         """mean(sigmoid(S)) from the last forward pass autograd recorded, for the regulariser (no temperature)."""
+        self._state_names = tuple(name for name in vars(self) if not name.startswith("_"))
+        """Every attribute set above (and the training flag): the layer's state besides its parameters."""
 
     def snapshot(self) -> dict:
-        """The layer's own state: every attribute it or a pass through it sets (rule, fixed mask, mode, sigmoid
-        mass, training flag, ...), not its parameters and not DeepSpeed's bookkeeping (``_``/``ds_`` names)."""
-        return {key: value for key, value in vars(self).items() if not key.startswith(_NOT_STATE)}
+        """The layer's state (rule, fixed mask, mode, sigmoid mass, training flag, ...), not its parameters;
+        what a pass that must leave the layer as it found it restores afterwards (:meth:`restore`)."""
+        return {name: getattr(self, name) for name in self._state_names}
 
     def restore(self, snapshot: dict) -> None:
-        """Put back the state of :meth:`snapshot`, dropping attributes set since."""
-        for key in [k for k in vars(self) if not k.startswith(_NOT_STATE) and k not in snapshot]:
-            delattr(self, key)
+        """Put back the state of :meth:`snapshot`."""
         vars(self).update(snapshot)
 
     def current_mask(self, scores: torch.Tensor | None = None) -> torch.Tensor:
