@@ -44,7 +44,8 @@ def method_overrides(method: str, remaining: float, steps: int) -> list[str]:
     scores at 2e-2, a linear ramp with the last quarter at the target (a 6-layer model does not survive a
     cubic ramp at this budget), regulariser 400. PLATON/PINS: window 10, beta 0.85/0.95; PINS adds
     self-regularization with the teacher refreshed at each dev improvement. Soft movement: scores at 4e-2
-    and the threshold of :func:`soft_threshold`.
+    and the threshold of :func:`soft_threshold`, regulariser 400. Movement: scores at 1e-2, global top-k
+    (given explicitly: the method's default is per matrix) and no regulariser (it has none).
     """
     initial, final = steps // 10, steps // 5
     common = [f"pruning.target_remaining={remaining}", f"pruning.initial_warmup_steps={initial}",

@@ -71,6 +71,7 @@ def run(design: str, steps: int, run_dir: str) -> dict:
     config = load_config("configs/smp_minilm_sst2.yaml", [
         f"job.run_dir={run_dir}", "model.head=classifier", "pruning.method=pins", "pruning.scope=global",
         "pruning.target_remaining=0.5", "pruning.schedule=cubic", "pruning.prune_every_steps=10",
+        "pruning.regularizer_lambda=null",  # the SMP config's regulariser: PINS has none
         "pruning.final_warmup_steps=0", "optimizer.lr=5e-5", f"training.max_steps={steps + 3}",
         "training.micro_batch_size=" + str(32 // env.world_size), "data.max_train_examples=2000",
         "data.max_eval_examples=64", "eval.eval_every_steps=0", "checkpoint.save_every_steps=0",

@@ -172,8 +172,8 @@ class PruningConfig:
 
     method: Literal["none", "magnitude", "movement", "soft_movement", "smp", "platon", "pins"] = "none"
     """none (dense fine-tuning), magnitude, movement, soft_movement, smp (static model pruning), platon, pins."""
-    scope: Literal["local", "per_type", "global"] = "global"
-    """Where the top-k is taken: per matrix, per matrix type (for smp: SMP-S budgets), or over all."""
+    scope: Literal["auto", "local", "per_type", "global"] = "auto"
+    """Top-k per matrix, per type (smp: SMP-S budgets) or over all; auto: local for movement, global for the rest."""
     target_remaining: float = 0.1
     """Fraction of prunable weights kept at the end of the ramp (sparsity = 1 - target_remaining)."""
     schedule: Literal["cubic", "linear"] = "cubic"
@@ -182,19 +182,20 @@ class PruningConfig:
     """Steps before pruning starts (remaining stays 1)."""
     final_warmup_steps: int = 0
     """Steps at the end with the target remaining fraction reached."""
-    prune_every_steps: int = 1
-    """Mask update interval during the ramp for magnitude (learned-score methods update every step)."""
+    prune_every_steps: int | None = None
+    """Ramp mask interval: magnitude (null: 1); platon/pins a multiple of window_steps (null: it); others every step."""
     score_lr: float = 1.0e-2
     """Learning rate of the mask scores (movement, soft_movement, smp)."""
     score_init: float = 0.0
     """Initial value of every mask score."""
     temperature: float = 1.0
-    """Temperature p of sigmoid(S / p) in SMP-S budgets and in the sigmoid-mass regulariser."""
-    regularizer_lambda: float = 400.0
-    """Final weight of the sigmoid-mass regulariser (soft_movement and smp), the papers' 400; 0 turns it off.
-    SMP needs it: without it, SMP-S on a small model collapses to chance once half the weights are gone."""
+    """Temperature p of sigmoid(S / p) in SMP-S budgets only; the regulariser uses sigmoid(S), as the SMP code does."""
+    regularizer_lambda: float | None = None
+    """Final weight of the sigmoid-mass regulariser, soft_movement and smp only (null: the papers' 400; 0: off)."""
     soft_threshold: float = 0.1
     """Final sigmoid threshold tau of soft movement (ramped from 0 with the schedule)."""
+    soft_min_remaining: float = 0.005
+    """soft_movement: each matrix keeps at least its int(r x n) + 1 highest scores, as the released code (0: off)."""
     window_steps: int = 10
     """PLATON/PINS: steps whose instantaneous importance is averaged before each EMA update (dT)."""
     beta1: float = 0.85
@@ -443,11 +444,25 @@ def validate(config: RunConfig) -> None:
 
 _SCOPES = {"magnitude": ("local", "global"), "movement": ("local", "per_type", "global"),
            "soft_movement": ("global",), "smp": ("local", "per_type"), "platon": ("global",), "pins": ("global",)}
+_DEFAULT_SCOPES = {"magnitude": "global", "movement": "local", "soft_movement": "global", "platon": "global",
+                   "pins": "global"}  # smp has two variants and no default
+REGULARIZED_METHODS = ("soft_movement", "smp")
+"""Methods whose pruner adds the sigmoid-mass regulariser (their pruner class says ``regularized``)."""
+WINDOWED_METHODS = ("platon", "pins")
+"""Methods that choose masks from importance averaged over windows of ``window_steps``, at window ends."""
+EVERY_STEP_METHODS = ("movement", "soft_movement", "smp")
+"""Methods whose masks follow learned scores at every step (``prune_every_steps`` does not apply)."""
+DEFAULT_REGULARIZER_LAMBDA = 400.0
 
 
 def _validate_pruning(p: PruningConfig, max_steps: int) -> None:
+    """Check the pruning section and fill in the method's defaults (scope, mask interval, regulariser weight)."""
     if p.method == "none":
         return
+    if p.scope == "auto":
+        _require(p.method in _DEFAULT_SCOPES, "pruning.scope",
+                 f"{p.method} has no default scope: choose one of {', '.join(_SCOPES[p.method])}", p.scope)
+        p.scope = _DEFAULT_SCOPES[p.method]
     _require(p.scope in _SCOPES[p.method], "pruning.scope", f"{p.method} supports {', '.join(_SCOPES[p.method])}",
              p.scope)
     _require(0 < p.target_remaining <= 1, "pruning.target_remaining", "must be in (0, 1]", p.target_remaining)
@@ -456,14 +471,39 @@ def _validate_pruning(p: PruningConfig, max_steps: int) -> None:
     _require(p.initial_warmup_steps + p.final_warmup_steps < max_steps, "pruning.final_warmup_steps",
              f"initial + final warm-up must leave a ramp before training.max_steps={max_steps}",
              p.initial_warmup_steps + p.final_warmup_steps)
-    _require(p.prune_every_steps >= 1, "pruning.prune_every_steps", "must be >= 1", p.prune_every_steps)
     _require(p.score_lr > 0, "pruning.score_lr", "must be > 0", p.score_lr)
     _require(p.temperature > 0, "pruning.temperature", "must be > 0", p.temperature)
-    _require(p.regularizer_lambda >= 0, "pruning.regularizer_lambda", "must be >= 0", p.regularizer_lambda)
     _require(0 <= p.soft_threshold < 1, "pruning.soft_threshold", "must be in [0, 1)", p.soft_threshold)
+    _require(0 <= p.soft_min_remaining < 1, "pruning.soft_min_remaining", "must be in [0, 1)", p.soft_min_remaining)
     _require(p.window_steps >= 1, "pruning.window_steps", "must be >= 1", p.window_steps)
     _require(0 <= p.beta1 < 1, "pruning.beta1", "must be in [0, 1)", p.beta1)
     _require(0 <= p.beta2 <= 1, "pruning.beta2", "must be in [0, 1]", p.beta2)
+    if p.method in REGULARIZED_METHODS:
+        if p.regularizer_lambda is None:
+            p.regularizer_lambda = DEFAULT_REGULARIZER_LAMBDA
+        _require(p.regularizer_lambda >= 0, "pruning.regularizer_lambda", "must be >= 0", p.regularizer_lambda)
+    else:
+        _require(p.regularizer_lambda is None, "pruning.regularizer_lambda",
+                 f"{p.method} has no regulariser (only {' and '.join(REGULARIZED_METHODS)} do); leave it unset",
+                 p.regularizer_lambda)
+    if p.method in EVERY_STEP_METHODS:
+        _require(p.prune_every_steps is None, "pruning.prune_every_steps",
+                 f"{p.method} updates its masks at every step; leave it unset", p.prune_every_steps)
+    elif p.method in WINDOWED_METHODS:
+        # A mask is chosen only right after an EMA update of the importance, at a window end (step % window_steps
+        # == 0): before the first one there is no importance to choose from (it would be all zeros).
+        _require(p.window_steps <= max_steps, "pruning.window_steps",
+                 f"{p.method} chooses masks at window ends; the first must come by training.max_steps={max_steps}",
+                 p.window_steps)
+        if p.prune_every_steps is None:
+            p.prune_every_steps = p.window_steps
+        _require(p.prune_every_steps >= 1 and p.prune_every_steps % p.window_steps == 0, "pruning.prune_every_steps",
+                 f"{p.method} updates masks at window ends: must be a multiple of "
+                 f"pruning.window_steps={p.window_steps}", p.prune_every_steps)
+    else:
+        if p.prune_every_steps is None:
+            p.prune_every_steps = 1
+        _require(p.prune_every_steps >= 1, "pruning.prune_every_steps", "must be >= 1", p.prune_every_steps)
 
 
 # --------------------------------------------------------------------------------------------------

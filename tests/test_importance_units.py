@@ -4,9 +4,14 @@ import math
 
 import pytest
 import torch
+from simulated_ranks import run_ranks
+from tiny_pruning import even_fragments, two_block_model
 
+from sparse_dist.config import ConfigError, load_config
 from sparse_dist.distill.losses import adaptive_kd, loss_units, standard_kd
-from sparse_dist.pruning.importance import ImportanceState, pins_importance, platon_importance
+from sparse_dist.pruning.importance import ImportancePruner, ImportanceState, pins_importance, platon_importance
+from sparse_dist.pruning.schedule import kept_count
+from sparse_dist.pruning.sites import find_sites
 
 
 def reference_platon(importances: list[list[float]], window: int, beta1: float, beta2: float):
@@ -37,6 +42,66 @@ def test_window_ema_and_uncertainty_follow_the_released_code():
     assert state.uncertainty.tolist() == pytest.approx(unc, rel=1e-6)
     assert state.score(0.95).tolist() == pytest.approx([a * u for a, u in zip(avg, unc)], rel=1e-6)
     assert state.score(1.0).tolist() == pytest.approx(avg, rel=1e-6)
+
+
+def masks_over_steps(overrides: list[str], steps: int) -> list[dict]:
+    """An importance pruner on one simulated rank, fed random importance as its optimizer tap would; after
+    every step: whether a new mask was chosen, the kept elements, and the scores it could choose from."""
+    config = load_config(None, [*overrides, f"training.max_steps={steps}"], world_size=1).pruning
+
+    def on_rank(comm):
+        model = two_block_model()
+        pruner = ImportancePruner(config, model, find_sites(model), steps, comm)
+        pruner.fragments = even_fragments([(f"{s.name}.weight", model.get_submodule(s.name).weight)
+                                           for s in pruner.sites], comm.rank, comm.world_size)
+        pruner.states = [ImportanceState(f.numel, torch.device("cpu")) for f in pruner.fragments]
+        pruner.start()
+        generator, records = torch.Generator().manual_seed(0), []
+        for step in range(1, steps + 1):
+            for state in pruner.states:
+                state.observe(torch.rand(state.window.numel(), generator=generator), step, config.window_steps,
+                              config.beta1, config.beta2)
+            updates = pruner.updates
+            pruner.step(step)
+            records.append({"step": step, "chosen": pruner.updates > updates, "target": pruner.target,
+                            "kept": torch.cat([m.unpack() for m in pruner.masks]),
+                            "scores": torch.cat([s.score(config.beta2) for s in pruner.states])})
+        return records
+
+    return run_ranks(on_rank, 1)[0]
+
+
+@pytest.mark.parametrize("method", ["platon", "pins"])
+def test_masks_come_only_after_an_importance_update(method):
+    """Defaults (window 10, no warm-up): until the first EMA update at step 10 every score is 0, so no mask is
+    chosen; during the ramp masks change at window ends only, after it when the EMA or the target changes."""
+    records = masks_over_steps([f"pruning.method={method}", "pruning.final_warmup_steps=15"], steps=40)
+    assert [r["step"] for r in records if r["chosen"]] == [10, 20, 25, 30, 40]  # the ramp ends at step 25
+    assert all(bool(r["kept"].all()) for r in records[:9])
+    for r in records[9:]:  # the global top-k of Ibar * U (random importance: no ties)
+        k = kept_count(r["target"], r["kept"].numel())
+        assert int(r["kept"].sum()) == k
+        assert torch.equal(r["kept"], r["scores"] >= r["scores"].topk(k).values[-1])
+    every_second_window = masks_over_steps([f"pruning.method={method}", "pruning.prune_every_steps=20",
+                                            "pruning.final_warmup_steps=15"], steps=40)
+    assert [r["step"] for r in every_second_window if r["chosen"]] == [20, 25, 30, 40]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["pruning.prune_every_steps=1"], "pruning.prune_every_steps: platon updates masks at window ends: must be a "
+                                      "multiple of pruning.window_steps=10, got 1"),
+    (["pruning.window_steps=4", "pruning.prune_every_steps=6"], "must be a multiple of pruning.window_steps=4"),
+    (["training.max_steps=8"], "pruning.window_steps: platon chooses masks at window ends; the first must come by "
+                               "training.max_steps=8, got 10"),
+])
+def test_importance_settings_that_cannot_follow_the_windows_are_rejected(overrides, message):
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, ["pruning.method=platon", *overrides], world_size=1)
+    assert message in str(caught.value)
+    assert load_config(None, ["pruning.method=pins"], world_size=1).pruning.prune_every_steps == 10
+    assert load_config(None, ["pruning.method=magnitude"], world_size=1).pruning.prune_every_steps == 1
+    with pytest.raises(ConfigError, match="pruning.prune_every_steps: movement updates its masks at every step"):
+        load_config(None, ["pruning.method=movement", "pruning.prune_every_steps=2"], world_size=1)
 
 
 def test_pins_score_is_minus_w_g_plus_eta_g_squared():

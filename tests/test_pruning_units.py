@@ -5,13 +5,15 @@ import math
 import pytest
 import torch
 from simulated_ranks import run_ranks
+from tiny_pruning import even_fragments, two_block_model
 from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
-from sparse_dist.config import ConfigError, PruningConfig, load_config
+from sparse_dist.config import REGULARIZED_METHODS, ConfigError, PruningConfig, load_config
+from sparse_dist.distill.teacher import MaskTeacher
 from sparse_dist.distributed.bitmask import PackedMask
 from sparse_dist.distributed.select import ALL_TIES, Threshold
 from sparse_dist.models.tiny import tiny_checkpoint
-from sparse_dist.pruning.learned import SoftMovementPruner
+from sparse_dist.pruning.build import PRUNERS
 from sparse_dist.pruning.masked_linear import MaskedLinear
 from sparse_dist.pruning.schedule import SparsitySchedule, kept_count
 from sparse_dist.pruning.scopes import build_grouping, sigmoid_mass, smp_budgets, uniform_ks
@@ -96,17 +98,24 @@ def test_uniform_ks_per_scope():
     assert uniform_ks(build_grouping(sites, "global"), 0.25) == [15]
 
 
-def test_soft_movement_regulariser_is_lambda_times_mean_sigmoid_mass():
-    config = PruningConfig(method="soft_movement", scope="global", target_remaining=0.2, regularizer_lambda=400.0,
-                           soft_threshold=0.1)
-    model = torch.nn.ModuleDict({"encoder": torch.nn.ModuleDict({"layer": torch.nn.ModuleList([torch.nn.ModuleDict({
-        "intermediate": torch.nn.ModuleDict({"dense": torch.nn.Linear(4, 3)}),
-        "output": torch.nn.ModuleDict({"dense": torch.nn.Linear(3, 4)})})])})})
-    pruner = SoftMovementPruner(config, model, find_sites(model), total_steps=10, comm=None)
+def regularised_pruner(config: PruningConfig, total_steps: int = 10):
+    """The method's pruner on :func:`two_block_model`, masked layers in place (keeping every weight), scores
+    drawn from N(0, 1)."""
+    model = two_block_model()
+    pruner = PRUNERS[config.method](config, model, find_sites(model), total_steps=total_steps, comm=None)
     pruner.prepare(model)
     with torch.no_grad():
         for i, layer in enumerate(pruner.layers):
             layer.scores.normal_(generator=torch.Generator().manual_seed(i))
+            n = layer.scores.numel()
+            layer.rule = Threshold(k=n, n=n, value=-math.inf, tie_tensor=ALL_TIES, tie_position=0)
+    return pruner
+
+
+def test_soft_movement_regulariser_is_lambda_times_mean_sigmoid_mass():
+    config = PruningConfig(method="soft_movement", scope="global", target_remaining=0.2, regularizer_lambda=400.0,
+                           soft_threshold=0.1)
+    pruner = regularised_pruner(config)
     for layer in pruner.layers:  # the forward pass records each layer's sigmoid mass
         layer(torch.randn(2, layer.in_features))
     term = pruner.loss_terms(step=5)["regularizer"]
@@ -114,6 +123,166 @@ def test_soft_movement_regulariser_is_lambda_times_mean_sigmoid_mass():
     assert float(term) == pytest.approx(400.0 * pruner.schedule.progress(5) * mean_mass)
     term.backward()
     assert all(layer.scores.grad is not None for layer in pruner.layers)
+
+
+def test_smp_regulariser_has_no_temperature():
+    """SMP's code: lambda_t mean_l mean(sigmoid(S_l)), the temperature p only in the SMP-S budgets. Its gradient
+    is lambda_t sigmoid'(S) / (n_l L), whatever p (the paper's sigmoid(S / p) would divide it by about p)."""
+    config = PruningConfig(method="smp", scope="per_type", target_remaining=0.2, regularizer_lambda=400.0,
+                           temperature=4.0)
+    pruner = regularised_pruner(config)
+    for layer in pruner.layers:
+        layer(torch.randn(2, layer.in_features))
+    pruner.loss_terms(step=5)["regularizer"].backward()
+    weight = 400.0 * (1 - (1 - 5 / 10) ** 3)  # lambda_t = lambda (1 - (1 - t/T)^3)
+    for layer in pruner.layers:
+        s = torch.sigmoid(layer.scores.detach())
+        torch.testing.assert_close(layer.scores.grad, weight * s * (1 - s) / (s.numel() * len(pruner.layers)))
+
+
+def test_a_mask_teacher_pass_leaves_the_students_state_and_regulariser_gradient_unchanged():
+    """SMP with self-regularization: the teacher (an older mask) runs the student's own layers between the
+    student's forward pass and the backward pass of the loss. The gradient on the scores must be what it is
+    without that pass, regulariser included, and every masked layer must be left as it was."""
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_checkpoint("tiny-bert"), hidden_dropout_prob=0.0,
+                                                               attention_probs_dropout_prob=0.0)
+    config = PruningConfig(method="smp", scope="per_type", target_remaining=0.3, regularizer_lambda=400.0)
+    generator = torch.Generator().manual_seed(0)
+    batch = {"input_ids": torch.randint(5, model.config.vocab_size, (4, 12), generator=generator),
+             "attention_mask": torch.ones(4, 12, dtype=torch.long), "labels": torch.tensor([0, 1, 1, 0])}
+
+    def on_rank(comm):
+        pruner = PRUNERS["smp"](config, model, find_sites(model), total_steps=10, comm=comm)
+        pruner.prepare(model)
+        pruner.fragments = even_fragments([(f"{s.name}.scores", layer.scores) for s, layer in
+                                           zip(pruner.sites, pruner.layers)], comm.rank, comm.world_size)
+        with torch.no_grad():
+            for layer in pruner.layers:
+                layer.scores.normal_(generator=generator)
+        pruner.start()
+        teacher = MaskTeacher(model, pruner, comm)
+        teacher.copy_from(model)  # the teacher keeps the masks of step 0 (everything)
+        pruner.step(5)  # the student's masks move on
+        model.train()
+
+        def score_grads(teacher_pass: bool, regulariser: bool = True) -> list[torch.Tensor]:
+            model.zero_grad()
+            outputs = model(**batch)
+            if teacher_pass:
+                before = [layer.snapshot() for layer in pruner.layers]
+                assert not torch.equal(teacher.logits(batch), outputs.logits.detach())  # the older mask
+                after = [layer.snapshot() for layer in pruner.layers]
+                assert all(a.keys() == b.keys() and all(a[k] is b[k] for k in a) for a, b in zip(after, before))
+                assert model.training
+            terms = pruner.loss_terms(5) if regulariser else {}
+            (outputs.loss + sum(terms.values())).backward()
+            return [layer.scores.grad.clone() for layer in pruner.layers]
+
+        return score_grads(False), score_grads(True), score_grads(False, regulariser=False)
+
+    plain, with_teacher, task_only = run_ranks(on_rank, 1)[0]
+    assert all(not torch.allclose(a, b) for a, b in zip(plain, task_only))  # the regulariser's part is there
+    for a, b in zip(plain, with_teacher):
+        assert torch.equal(a, b)
+
+
+def soft_movement_masks(world_size: int, floor: float | None) -> list[dict]:
+    """Soft movement at the end of its ramp (tau 0.5: a score passes if > 0) on ``world_size`` simulated ranks.
+    The intermediate matrix has no positive score (six at -1, six at -2), the output matrix six of twelve.
+    Per matrix: the whole mask assembled from the ranks' packed masks, and the mask its forward pass uses."""
+    extra = {} if floor is None else {"soft_min_remaining": floor}
+    config = PruningConfig(method="soft_movement", scope="global", soft_threshold=0.5, regularizer_lambda=0.0, **extra)
+    scores = [torch.tensor([-1.0] * 6 + [-2.0] * 6), torch.tensor([0.5, -0.5] * 6)]
+
+    def on_rank(comm):
+        model = two_block_model()
+        pruner = PRUNERS["soft_movement"](config, model, find_sites(model), total_steps=10, comm=comm)
+        pruner.prepare(model)
+        with torch.no_grad():
+            for layer, values in zip(pruner.layers, scores):
+                layer.scores.copy_(values.view_as(layer.scores))
+        pruner.fragments = even_fragments([(f"{s.name}.scores", layer.scores) for s, layer in
+                                           zip(pruner.sites, pruner.layers)], comm.rank, comm.world_size)
+        pruner.start()
+        pruner.step(10)
+        out = []
+        for site, fragment, mask, layer in zip(pruner.sites, pruner.fragments, pruner.masks, pruner.layers):
+            whole = torch.zeros(site.numel, dtype=torch.int64)
+            whole[fragment.start:fragment.start + fragment.numel] = mask.unpack().long()
+            comm.all_reduce(whole)
+            x = torch.randn(2, layer.in_features)
+            forward = layer(x)
+            expected = torch.nn.functional.linear(x, layer.weight * layer.current_mask(), layer.bias)
+            out.append({"packed": whole.bool(), "forward": layer.current_mask().reshape(-1),
+                        "forward_output_matches": bool(torch.equal(forward, expected))})
+        return out
+
+    ranks = run_ranks(on_rank, world_size)
+    for other in ranks[1:]:  # every rank holds the same whole masks and masks its forward pass alike
+        assert all(torch.equal(a["packed"], b["packed"]) and torch.equal(a["forward"], b["forward"])
+                   for a, b in zip(other, ranks[0]))
+    return ranks[0]
+
+
+@pytest.mark.parametrize("floor, kept", [(None, 1), (0.25, 4), (0.0, 0)])
+def test_soft_movement_keeps_a_floor_of_each_matrix(floor, kept):
+    """The released code keeps int(0.005 n) + 1 of a matrix's highest scores when fewer pass tau (here 1 of 12;
+    4 of 12 with a floor of 0.25; none with the floor off). Ties go to the lower index, on any number of ranks;
+    a matrix above its floor keeps exactly what passes; the forward pass masks with the packed masks."""
+    results = {ws: soft_movement_masks(ws, floor) for ws in (1, 2, 3)}
+    for ws, (emptied, half) in results.items():
+        assert emptied["packed"].tolist() == [True] * kept + [False] * (12 - kept), f"{ws} rank(s)"
+        assert half["packed"].tolist() == [True, False] * 6, f"{ws} rank(s)"
+        for matrix in (emptied, half):
+            assert torch.equal(matrix["forward"], matrix["packed"]) and matrix["forward_output_matches"]
+
+
+@pytest.mark.parametrize("method", ["movement", "smp", "soft_movement"])
+def test_a_resumed_pruner_masks_its_forward_pass_with_the_saved_masks(method):
+    """Resuming restores the masks and the selection rules, and the layers' forward pass uses them at once
+    (before the first step after the resume, which is when they would otherwise be set)."""
+    extra = {"soft_movement": {"soft_threshold": 0.5, "regularizer_lambda": 0.0},
+             "smp": {"regularizer_lambda": 400.0}}.get(method, {})
+    config = PruningConfig(method=method, scope="per_type" if method == "smp" else "global", target_remaining=0.3,
+                           **extra)
+
+    def on_rank(comm):
+        def build():
+            model = two_block_model()
+            pruner = PRUNERS[method](config, model, find_sites(model), total_steps=10, comm=comm)
+            pruner.prepare(model)
+            with torch.no_grad():
+                for i, layer in enumerate(pruner.layers):
+                    layer.scores.normal_(generator=torch.Generator().manual_seed(i))
+            pruner.fragments = even_fragments([(f"{s.name}.scores", layer.scores) for s, layer in
+                                               zip(pruner.sites, pruner.layers)], comm.rank, comm.world_size)
+            return pruner
+
+        saved = build()
+        saved.start()
+        saved.step(6)
+        resumed = build()
+        resumed.load_state_dict([saved.state_dict()])
+        return [(layer.current_mask().reshape(-1), mask.unpack()) for layer, mask in zip(resumed.layers, saved.masks)]
+
+    for forward, packed in run_ranks(on_rank, 1)[0]:
+        assert torch.equal(forward, packed) and 0 < int(packed.sum()) < packed.numel()
+
+
+def test_movement_has_no_regulariser_and_keeps_per_matrix_by_default():
+    """Sanh et al.: top-k per matrix and no regulariser; global is an option. Only soft movement and SMP
+    regularise, and the pruner classes say so (the config's table of regularised methods agrees)."""
+    config = load_config(None, ["pruning.method=movement"], world_size=1).pruning
+    assert config.scope == "local" and config.regularizer_lambda is None
+    global_scope = load_config(None, ["pruning.method=movement", "pruning.scope=global"], world_size=1).pruning
+    assert global_scope.scope == "global"
+    pruner = regularised_pruner(config)
+    for layer in pruner.layers:
+        layer(torch.randn(2, layer.in_features))
+    assert pruner.loss_terms(1) == {} and all(layer.sigmoid_mass is None for layer in pruner.layers)
+    assert {m for m, cls in PRUNERS.items() if cls.regularized} == set(REGULARIZED_METHODS)
+    for overrides in (["pruning.method=soft_movement"], ["pruning.method=smp", "pruning.scope=local"]):
+        assert load_config(None, overrides, world_size=1).pruning.regularizer_lambda == 400.0  # the papers'
 
 
 @pytest.mark.parametrize("name, loader, kinds, count", [
@@ -153,6 +322,12 @@ def test_packed_masks_round_trip_and_count():
     (["pruning.method=movement", "pruning.initial_warmup_steps=60", "pruning.final_warmup_steps=40",
       "training.max_steps=100"], "pruning.final_warmup_steps: initial + final warm-up must leave a ramp"),
     (["pruning.method=smp", "pruning.scope=local", "model.head=classifier"], "model.head: smp keeps the pretrained"),
+    (["pruning.method=smp"], "pruning.scope: smp has no default scope: choose one of local, per_type, got 'auto'"),
+    (["pruning.method=movement", "pruning.regularizer_lambda=400"],
+     "pruning.regularizer_lambda: movement has no regulariser (only soft_movement and smp do); leave it unset, "
+     "got 400.0"),
+    (["pruning.method=platon", "pruning.regularizer_lambda=0"], "pruning.regularizer_lambda: platon has no regul"),
+    (["pruning.method=soft_movement", "pruning.regularizer_lambda=-1"], "pruning.regularizer_lambda: must be >= 0"),
 ])
 def test_bad_pruning_configs(overrides, message):
     with pytest.raises(ConfigError) as caught:

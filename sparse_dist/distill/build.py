@@ -23,8 +23,7 @@ def build_distiller(config: DistillConfig, model_cfg: ModelConfig, task: TaskSpe
     external = offloaded(config.teacher) if config.teacher else None
     if not config.self_regularization:
         return ExternalDistillation(config, external, regression) if external else Distiller()
-    static = getattr(pruner, "config", None) is not None and pruner.config.method == "smp"
-    if static:  # SMP's weights never change: a teacher is an older mask
+    if pruner.freezes_weights:  # SMP's weights never change: a teacher is an older mask
         def make_teacher():
             return MaskTeacher(engine.module, pruner, comm)
     else:

@@ -16,7 +16,7 @@ every rank.) A student whose weights are masked by learned scores is copied with
 
 :class:`MaskTeacher` is the teacher of a static method (SMP): the weights never change, so a teacher is
 just an older mask, kept as packed bits per fragment; its forward pass is the student's with the old
-masks swapped in.
+masks swapped in, and leaves the student's state as it found it.
 """
 
 from __future__ import annotations
@@ -180,11 +180,16 @@ class MaskTeacher:
 
     @torch.no_grad()
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The student's logits with the remembered masks. All ranks call (each mask is gathered once)."""
+        """The student's logits with the remembered masks. All ranks call (each mask is gathered once).
+
+        The pass runs through the student's own layers, so it must leave the student exactly as it was: the
+        training flag, and every masked layer's state (the masks swapped in here, the sigmoid mass a forward
+        pass records for the regulariser, anything else set on them) are restored afterwards."""
         layers, sites = self.pruner.layers, self.pruner.sites
         full = [gather_full_mask(f, m, self.comm).view(site.shape)
                 for site, f, m in zip(sites, self.pruner.fragments, self.masks)]
         was_training = self.student.training
+        snapshots = [layer.snapshot() for layer in layers]
         self.student.eval()
         try:
             for layer, mask in zip(layers, full):
@@ -192,6 +197,6 @@ class MaskTeacher:
             inputs = {k: v for k, v in batch.items() if k != "idx"}  # T5 needs labels for its decoder inputs
             return self.student(**inputs).logits
         finally:
-            for layer in layers:
-                layer.fixed_mask = None
             self.student.train(was_training)
+            for layer, snapshot in zip(layers, snapshots):
+                layer.restore(snapshot)

@@ -9,14 +9,14 @@ import torch
 from sparse_dist.config import PruningConfig
 from sparse_dist.distributed.comm import Communicator
 from sparse_dist.pruning.importance import ImportancePruner
-from sparse_dist.pruning.learned import LearnedScorePruner, SoftMovementPruner
+from sparse_dist.pruning.learned import MovementPruner, SMPPruner, SoftMovementPruner
 from sparse_dist.pruning.magnitude import MagnitudePruner
 from sparse_dist.pruning.pruner import NoPruning, Pruner
 from sparse_dist.pruning.sites import find_sites, sites_table
 
 log = logging.getLogger(__name__)
 
-PRUNERS = {"magnitude": MagnitudePruner, "movement": LearnedScorePruner, "smp": LearnedScorePruner,
+PRUNERS = {"magnitude": MagnitudePruner, "movement": MovementPruner, "smp": SMPPruner,
            "soft_movement": SoftMovementPruner, "platon": ImportancePruner, "pins": ImportancePruner}
 
 

@@ -16,9 +16,14 @@ and ``U <- b2 U + (1 - b2) |I_win - Ibar|`` (with the updated ``Ibar``), and a n
 fp32 tensors of the fragment's size: sharded exactly like the optimizer state.
 
 Masks are the global top-k of the scores (the exact distributed selection); the pruned weights are
-zeroed in place after the optimizer step, every ``prune_every_steps`` during the ramp and every step
-once the target is reached. Between two updates pruned weights may grow back, as in the reference
-code. ``include_biases`` adds the biases of the pruned layers to the selection.
+zeroed in place after the optimizer step. As in the reference code, a mask is chosen only from
+statistics that an EMA update has filled: never before the first window end (step ``dT``; before it
+every score is 0 and a top-k would keep weights by element index), during the ramp only at window ends
+(every ``prune_every_steps``, a multiple of ``dT`` counted from step 0, the reference's
+``step % dT == 0``), and after the ramp again whenever the EMA or the target changes; at the other steps
+after the ramp the current masks are applied again (the reference re-selects from the same scores, which
+gives the same masks). Between two ramp updates pruned weights may grow back, as in the reference code.
+``include_biases`` adds the biases of the pruned layers to the selection.
 """
 
 from __future__ import annotations
@@ -72,8 +77,6 @@ def platon_importance(weight_after: torch.Tensor, grad: torch.Tensor) -> torch.T
 class ImportancePruner(Pruner):
     """PLATON and PINS: accumulated importance, global top-k, in-place zeroing after the step."""
 
-    every_step_after_ramp = True
-
     def __init__(self, config, pretrained, sites: list[Site], total_steps, comm):
         super().__init__(config, pretrained, sites, total_steps, comm)
         if config.include_biases:  # biases of the pruned layers join the selection as extra tensors
@@ -115,13 +118,24 @@ class ImportancePruner(Pruner):
                 self.states[self._index[id(fragment)]].observe(importance, self.pending_step, c.window_steps,
                                                                c.beta1, c.beta2)
 
+    def is_update_step(self, step: int) -> bool:
+        """Whether masks are applied after optimizer step ``step`` (see the module docstring)."""
+        c = self.config
+        if step < c.window_steps or step <= c.initial_warmup_steps:  # no EMA update yet, or still warming up
+            return False
+        if step >= self.schedule.ramp_end:
+            return True
+        return step % c.window_steps == 0 and step % c.prune_every_steps == 0
+
     def step(self, step: int) -> None:
         self.pending_step = step + 1
-        if not self.schedule.is_update_step(step, self.every_step_after_ramp):
+        if not self.is_update_step(step):
             return
-        self.target = self.schedule.remaining(step)
-        scores = [state.score(self.config.beta2) for state in self.states]
-        self.replace_masks(self.select(scores, uniform_ks(self.grouping, self.target), torch.float32))
+        target = self.schedule.remaining(step)
+        if step % self.config.window_steps == 0 or target != self.target:  # the scores or the count changed
+            self.target = target
+            scores = [state.score(self.config.beta2) for state in self.states]
+            self.replace_masks(self.select(scores, uniform_ks(self.grouping, self.target), torch.float32))
         apply_masks(self.fragments, self.masks, self.comm, zero_optimizer_state=False)
 
     def report(self) -> dict[str, float]:

@@ -3,17 +3,23 @@
 Every prunable linear layer becomes a :class:`~sparse_dist.pruning.masked_linear.MaskedLinear` with
 scores initialised to ``score_init`` and trained by Adam at ``score_lr``.
 
-- movement: weights are trained too; the mask is the top-k of the scores (local, per type or global)
-  at the schedule's remaining fraction, recomputed every step.
+- movement: weights are trained too; the mask is the top-k of the scores (per matrix by default, as
+  Sanh et al.; per type or global as options) at the schedule's remaining fraction, recomputed every
+  step. No regulariser: none of the movement references has one.
 - smp: every pretrained weight and the head are frozen, only the scores train; SMP-L takes the top-k
   per matrix, SMP-S per matrix with budgets from the sigmoid mass of each type (see
   :mod:`~sparse_dist.pruning.scopes`). The regulariser ``lambda_t R(S)`` with
   ``lambda_t = lambda (1 - (1 - t/T)^3)`` pushes the sigmoid mass down.
 - soft_movement: no top-k; a weight is kept where sigmoid(S) > tau, tau ramped from 0 to
-  ``soft_threshold`` with the schedule, and the regulariser's lambda ramped the same way.
+  ``soft_threshold`` with the schedule, and the regulariser's lambda ramped the same way. As in the
+  released code, a matrix in which fewer than ``int(soft_min_remaining x n) + 1`` scores pass keeps
+  that many of its highest scores instead (0.5% by default), so no matrix is emptied; those come from the
+  exact distributed selection per matrix, and the layers mask with the same rules in their forward pass.
 
-``R(S)`` is the mean over matrices of mean(sigmoid(S / p)), computed inside each layer's forward pass
-(where ZeRO-3 has the full scores) so that it is differentiable.
+``R(S)`` is the mean over matrices of mean(sigmoid(S)), computed inside each layer's forward pass
+(where ZeRO-3 has the full scores) so that it is differentiable. It has no temperature: SMP's released
+code divides by ``p`` only in the SMP-S budgets (the paper writes sigmoid(S / p) in the regulariser too,
+which would shrink its gradient: 4 times at S = 0 with p = 4).
 """
 
 from __future__ import annotations
@@ -26,26 +32,30 @@ import torch
 from sparse_dist.distributed.bitmask import PackedMask
 from sparse_dist.distributed.fragments import build_fragments
 from sparse_dist.distributed.gather import is_partitioned
+from sparse_dist.distributed.select import NO_TIES, Threshold
 from sparse_dist.pruning.masked_linear import MaskedLinear, _logit
 from sparse_dist.pruning.pruner import Pruner
-from sparse_dist.pruning.scopes import sigmoid_mass, smp_budgets, uniform_ks
+from sparse_dist.pruning.scopes import floor_count, sigmoid_mass, smp_budgets, uniform_ks
 
 
 class LearnedScorePruner(Pruner):
-    """movement and smp: top-k of learned scores, every step."""
+    """Scores learned through masked layers; the mask is the top-k of the scores, recomputed every step.
+
+    What a method adds is said by the class attributes ``regularized`` (the sigmoid-mass regulariser
+    ``lambda_t R(S)``) and ``freezes_weights`` (only the scores train), not by its name."""
 
     every_step_after_ramp = True
 
-    def selection_scope(self) -> str:
-        # SMP-S selects within each matrix; its per-type coupling is the budget, not the selection group.
-        return "local" if self.config.method == "smp" and self.config.scope == "per_type" else self.config.scope
+    @property
+    def regularizer_on(self) -> bool:
+        return self.regularized and self.config.regularizer_lambda > 0
 
     def prepare(self, trained: torch.nn.Module) -> None:
-        self.layers = replace_with_masked(self.pretrained, self.sites, self.config.score_init, self.config.temperature)
+        self.layers = replace_with_masked(self.pretrained, self.sites, self.config.score_init)
         for layer in self.layers:
             layer.mode = "threshold"
-            layer.track_sigmoid_mass = self.config.regularizer_lambda > 0
-        if self.config.method == "smp":  # weights, embeddings, norms and the head stay as pretrained
+            layer.track_sigmoid_mass = self.regularizer_on
+        if self.freezes_weights:  # weights, embeddings, norms and the head stay as pretrained
             for name, param in trained.named_parameters():
                 param.requires_grad = name.endswith(".scores")
 
@@ -59,27 +69,38 @@ class LearnedScorePruner(Pruner):
     def step(self, step: int) -> None:
         self._update(step)
 
+    def kept_counts(self, values: list[torch.Tensor]) -> list[int]:
+        """How many scores each selection group keeps at the current target."""
+        return uniform_ks(self.grouping, self.target)
+
     def _update(self, step: int) -> None:
         self.target = self.schedule.remaining(step)
+        values = self._working_scores()
+        self.replace_masks(self.select(values, self.kept_counts(values), values[0].dtype))
+        self._bind_rules()
+
+    def _working_scores(self) -> list[torch.Tensor]:
+        """This rank's fragment of every score tensor, as the forward pass will read it."""
         with torch.no_grad():
-            values = [f.working().detach() for f in self.fragments]  # what the forward pass will read
-        if self.config.method == "smp" and self.config.scope == "per_type":
-            mass = sigmoid_mass(values, self.config.temperature, self.comm)
-            ks = smp_budgets(self.sites, mass, self.target)
-        else:
-            ks = uniform_ks(self.grouping, self.target)
-        dtype = self.fragments[0].working().dtype
-        self.replace_masks(self.select(values, ks, dtype))
+            return [f.working().detach() for f in self.fragments]
+
+    def _bind_rules(self) -> None:
+        """Give every masked layer its group's selection rule, so that the forward pass masks with exactly the
+        masks the pruner holds (and every rank agrees on them)."""
         for i, layer in enumerate(self.layers):
             layer.rule = self.thresholds[self.grouping.group[i]]
             layer.tensor_index = self.grouping.tensor[i]
+
+    def load_state_dict(self, states: list[dict]) -> None:
+        super().load_state_dict(states)
+        self._bind_rules()  # a resumed run's first forward pass masks as the saved run's next one would
 
     def regularizer_weight(self, step: int) -> float:
         progress = min(1.0, step / self.schedule.total_steps)
         return self.config.regularizer_lambda * (1 - (1 - progress) ** 3)
 
     def loss_terms(self, step: int) -> dict[str, torch.Tensor]:
-        if self.config.regularizer_lambda <= 0:
+        if not self.regularizer_on:
             return {}
         masses = [layer.sigmoid_mass for layer in self.layers if layer.sigmoid_mass is not None]
         value = torch.stack(masses).mean()
@@ -88,33 +109,63 @@ class LearnedScorePruner(Pruner):
 
     def report(self) -> dict[str, float]:
         scalars = super().report()
-        if self.config.regularizer_lambda > 0 and hasattr(self, "last_regularizer"):
+        if self.regularizer_on and hasattr(self, "last_regularizer"):
             scalars["prune/regularizer"] = self.last_regularizer
         return scalars
 
 
-class SoftMovementPruner(LearnedScorePruner):
-    """soft movement: keep where sigmoid(S) > tau; the kept fraction is whatever results."""
+class MovementPruner(LearnedScorePruner):
+    """movement (Sanh et al. 2020): weights and scores train, top-k of the scores, no regulariser."""
 
-    def prepare(self, trained: torch.nn.Module) -> None:
-        super().prepare(trained)
-        for layer in self.layers:
-            layer.mode = "sigmoid"
+
+class SMPPruner(LearnedScorePruner):
+    """SMP: only the scores train; SMP-L takes the top-k per matrix, SMP-S per matrix with per-type budgets."""
+
+    regularized = True
+    freezes_weights = True
+
+    def selection_scope(self) -> str:
+        # SMP-S selects within each matrix; its per-type coupling is the budget, not the selection group.
+        return "local"
+
+    def kept_counts(self, values: list[torch.Tensor]) -> list[int]:
+        if self.config.scope == "per_type":
+            return smp_budgets(self.sites, sigmoid_mass(values, self.config.temperature, self.comm), self.target)
+        return super().kept_counts(values)
+
+
+class SoftMovementPruner(LearnedScorePruner):
+    """soft movement: keep where sigmoid(S) > tau, and in every matrix at least its highest scores."""
+
+    regularized = True
+
+    def selection_scope(self) -> str:
+        return "local"  # no top-k over all; the floor is per matrix
 
     def _update(self, step: int) -> None:
         self.target = self.schedule.remaining(step)
-        tau = self.config.soft_threshold * self.schedule.progress(step)
-        cut = _logit(tau)
-        for layer in self.layers:
-            layer.sigmoid_threshold = tau
-        with torch.no_grad():
-            self.replace_masks([PackedMask.pack(f.working() > cut) for f in self.fragments])
+        cut = _logit(self.config.soft_threshold * self.schedule.progress(step))  # sigmoid(S) > tau <=> S > cut
+        values = self._working_scores()
+        passing = torch.tensor([int((v > cut).sum()) for v in values], dtype=torch.int64)
+        total = passing.to(getattr(self.comm, "device", torch.device("cpu")))
+        self.comm.all_reduce(total)
+        passing = [int(c) for c in total.cpu()]
+        floors = [floor_count(self.config.soft_min_remaining, site.numel) for site in self.sites]
+        if any(c < f for c, f in zip(passing, floors)):
+            # Some matrix would keep fewer than its floor: it keeps its highest scores, from the exact selection
+            # (a matrix above its floor keeps its top `passing`, which are exactly the scores above the cut).
+            ks = [max(c, f) for c, f in zip(passing, floors)]
+            self.replace_masks(self.select(values, ks, values[0].dtype))
+        else:
+            self.thresholds = [Threshold(c, site.numel, cut, NO_TIES, 0) for c, site in zip(passing, self.sites)]
+            self.replace_masks([PackedMask.pack(v > cut) for v in values])
+        self._bind_rules()
 
     def regularizer_weight(self, step: int) -> float:
         return self.config.regularizer_lambda * self.schedule.progress(step)
 
 
-def replace_with_masked(model: torch.nn.Module, sites, score_init: float, temperature: float) -> list[MaskedLinear]:
+def replace_with_masked(model: torch.nn.Module, sites, score_init: float) -> list[MaskedLinear]:
     """Swap every site's linear layer for a MaskedLinear that keeps its weight and bias parameters.
 
     Under ZeRO-3 the new score parameters are created inside ``deepspeed.zero.Init``, so they are
@@ -129,7 +180,7 @@ def replace_with_masked(model: torch.nn.Module, sites, score_init: float, temper
         linear = getattr(parent, child)
         partitioned = is_partitioned(linear.weight)
         with deepspeed.zero.Init(config_dict_or_path=deepspeed_config()) if partitioned else contextlib.nullcontext():
-            layer = MaskedLinear(linear, score_init, temperature)
+            layer = MaskedLinear(linear, score_init)
         setattr(parent, child, layer)
         layers.append(layer)
     return layers

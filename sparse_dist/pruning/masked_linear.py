@@ -9,6 +9,14 @@ ZeRO-3 partitions them (the layer is built inside ``deepspeed.zero.Init`` when t
 ZeRO shards their Adam states. Inside the forward pass ZeRO-3 has gathered the full scores, so the mask
 is computed from the full tensor with the group's selection rule (a
 :class:`~sparse_dist.distributed.select.Threshold`), which gives the same mask on every rank.
+
+The layer also records ``mean(sigmoid(S))`` for the sigmoid-mass regulariser of soft movement and SMP.
+There is no temperature in it: SMP's released code uses ``sigmoid(S)`` in the regulariser and the
+temperature ``p`` only in the SMP-S budgets (:mod:`~sparse_dist.pruning.scopes`), although the paper
+writes ``sigmoid(S / p)`` for both. It is recorded only by passes that autograd records (training
+forwards): a no-grad pass, such as SMP's mask-only teacher running the student's layers, must not
+replace the differentiable value the regulariser is about to use. A pass that must leave the layers
+exactly as they were takes a :meth:`MaskedLinear.snapshot` before and restores it after.
 """
 
 from __future__ import annotations
@@ -48,11 +56,11 @@ def threshold_mask(scores: torch.Tensor, rule: Threshold, tensor: int) -> torch.
 class MaskedLinear(torch.nn.Module):
     """A linear layer with a learned score per weight; keeps the original weight and bias parameters.
 
-    Mask modes: ``"threshold"`` (top-k by score, the rule set by the pruner before every forward pass)
-    and ``"sigmoid"`` (keep where sigmoid(S) > tau, soft movement). ``"none"`` keeps everything.
+    Mask modes: ``"threshold"`` (the rule set by the pruner before every forward pass: a top-k, or soft
+    movement's threshold with its floor) and ``"none"`` (keeps everything).
     """
 
-    def __init__(self, linear: torch.nn.Linear, score_init: float, temperature: float = 1.0):
+    def __init__(self, linear: torch.nn.Linear, score_init: float):
         super().__init__()
         self.in_features = linear.in_features
         self.out_features = linear.out_features
@@ -61,19 +69,27 @@ class MaskedLinear(torch.nn.Module):
         shape = tuple(getattr(linear.weight, "ds_shape", linear.weight.shape))
         self.scores = torch.nn.Parameter(torch.full(shape, float(score_init), dtype=torch.float32,
                                                     device=linear.weight.device))
-        self.temperature = temperature
         self.mode = "none"
         self.rule: Threshold | None = None
         """Selection rule of this layer's group ("threshold" mode)."""
         self.tensor_index = 0
         """This layer's tensor number in its selection group."""
-        self.sigmoid_threshold = 0.0
-        """tau of the "sigmoid" mode."""
         self.fixed_mask: torch.Tensor | None = None
         """A whole mask that overrides the rule (a teacher's older mask), or None."""
         self.track_sigmoid_mass = False
         self.sigmoid_mass: torch.Tensor | None = None
-        """mean(sigmoid(S / temperature)) from the last forward pass, for the regulariser (differentiable)."""
+        """mean(sigmoid(S)) from the last forward pass autograd recorded, for the regulariser (no temperature)."""
+        self._state_names = tuple(name for name in vars(self) if not name.startswith("_"))
+        """Every attribute set above (and the training flag): the layer's state besides its parameters."""
+
+    def snapshot(self) -> dict:
+        """The layer's state (rule, fixed mask, mode, sigmoid mass, training flag, ...), not its parameters;
+        what a pass that must leave the layer as it found it restores afterwards (:meth:`restore`)."""
+        return {name: getattr(self, name) for name in self._state_names}
+
+    def restore(self, snapshot: dict) -> None:
+        """Put back the state of :meth:`snapshot`."""
+        vars(self).update(snapshot)
 
     def current_mask(self, scores: torch.Tensor | None = None) -> torch.Tensor:
         """The bool mask of the whole weight for the current rule (``scores`` defaults to the layer's)."""
@@ -82,21 +98,17 @@ class MaskedLinear(torch.nn.Module):
         scores = self.scores if scores is None else scores
         if self.mode == "threshold":
             return threshold_mask(scores, self.rule, self.tensor_index)
-        if self.mode == "sigmoid":
-            return scores > _logit(self.sigmoid_threshold)
         return torch.ones_like(scores, dtype=torch.bool)
 
     def mask_of_range(self, scores: torch.Tensor, start: int) -> torch.Tensor:
         """The current mask of the flat elements ``[start, start + len(scores))``, from those scores."""
         if self.mode == "threshold":
             return self.rule.mask(ScoreShard(scores.reshape(-1), 0, self.tensor_index, start))
-        if self.mode == "sigmoid":
-            return scores.reshape(-1) > _logit(self.sigmoid_threshold)
         return torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        if self.track_sigmoid_mass:
-            self.sigmoid_mass = torch.sigmoid(self.scores / self.temperature).mean()
+        if self.track_sigmoid_mass and torch.is_grad_enabled():  # only the pass the regulariser differentiates
+            self.sigmoid_mass = torch.sigmoid(self.scores).mean()
         mask = _StraightThrough.apply(self.scores, self.current_mask().detach())
         return F.linear(inputs, self.weight * mask.to(self.weight.dtype), self.bias)
 

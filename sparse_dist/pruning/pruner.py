@@ -37,6 +37,10 @@ class Pruner:
 
     every_step_after_ramp = False
     """Whether masks are recomputed at every step once the target is reached."""
+    regularized = False
+    """Whether the method adds a regulariser to the loss (:meth:`loss_terms`): soft movement and SMP."""
+    freezes_weights = False
+    """Whether only mask scores train, every pretrained weight and the head staying as they are (SMP)."""
 
     def __init__(self, config: PruningConfig, pretrained: torch.nn.Module, sites: Sequence[Site], total_steps: int,
                  comm: Communicator):

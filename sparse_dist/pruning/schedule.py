@@ -3,8 +3,9 @@
 With T total steps, t_i initial and t_f final warm-up steps and r_f the target remaining fraction:
 r(t) = 1 for t <= t_i; r_f + (1 - r_f)(1 - (t - t_i) / (T - t_i - t_f))^3 during the ramp (the linear
 variant drops the cube); r(t) = r_f after T - t_f. Masks are updated every ``prune_every_steps``
-steps during the ramp (methods that learn scores update every step) and, for methods that ask for it,
-every step after the ramp.
+steps during the ramp (methods that learn scores update every step; PLATON and PINS follow their
+importance windows, :mod:`~sparse_dist.pruning.importance`) and, for methods that ask for it, every
+step after the ramp.
 """
 
 from __future__ import annotations

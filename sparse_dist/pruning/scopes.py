@@ -7,6 +7,7 @@
 
 SMP-S budgets: within each type, matrix ``l`` of ``L`` keeps the fraction
 ``v_l = r * L * R(S_l) / sum_l' R(S_l')`` (capped at 1) of its weights, ``R(S) = sum sigmoid(S / p)``.
+The temperature ``p`` appears here only, not in the regulariser (as in SMP's released code).
 ``R`` is summed over each rank's fragments in fixed point (2^-24 units, exactly in int64) before the
 all-reduce, so the budgets, and therefore the masks, are bitwise the same for any world size.
 """
@@ -48,6 +49,8 @@ def build_grouping(sites: Sequence[Site], scope: str) -> Grouping:
     if scope == "local":
         return Grouping(list(range(len(sites))), [0] * len(sites), [s.numel for s in sites], [s.name for s in sites],
                         [1] * len(sites))
+    if scope != "per_type":
+        raise ValueError(f"unknown selection scope {scope!r} (the config resolves 'auto' to the method's scope)")
     kinds = list(dict.fromkeys(s.kind for s in sites))
     group = [kinds.index(s.kind) for s in sites]
     tensor, seen = [], [0] * len(kinds)
@@ -61,6 +64,11 @@ def build_grouping(sites: Sequence[Site], scope: str) -> Grouping:
 def uniform_ks(grouping: Grouping, remaining: float) -> list[int]:
     """Every group keeps round(remaining x its size)."""
     return [kept_count(remaining, n) for n in grouping.sizes]
+
+
+def floor_count(fraction: float, numel: int) -> int:
+    """The fewest weights a soft-movement matrix keeps: int(fraction x n) + 1, as the released code (0 if off)."""
+    return 0 if fraction <= 0 else min(numel, int(fraction * numel) + 1)
 
 
 def sigmoid_mass(fragments_scores: Sequence[torch.Tensor], temperature: float, comm: Communicator) -> list[int]:
