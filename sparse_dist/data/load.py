@@ -42,7 +42,7 @@ def load_split(task: TaskSpec, split: str, local_dir: str | None, limit: int | N
     """One split of a task in canonical columns, truncated to its first ``limit`` rows if given."""
     directory = resolve_local_dir(task, local_dir)
     if task.kind == "generation":
-        raw = _load_webnlg_local(task, split, directory) if directory else _load_webnlg_hub(task, split)
+        raw = _load_webnlg_local(task, split, directory, limit) if directory else _load_webnlg_hub(task, split)
         where = str(directory / task.local.files[split]) if directory else f"{task.hub_path}:{split}"
         raw = _first(raw, limit)
     elif directory is not None:
@@ -135,7 +135,9 @@ def _label_id(task: TaskSpec, value: Any, where: str, row: int) -> int | float:
 # --- WebNLG -------------------------------------------------------------------------------------
 
 
-def _load_webnlg_local(task: TaskSpec, split: str, directory: Path) -> datasets.Dataset:
+def _load_webnlg_local(task: TaskSpec, split: str, directory: Path, limit: int | None = None) -> datasets.Dataset:
+    """The entries of a split's XML files in file order; with ``limit``, files are read only until that
+    many entries are in (the same first rows as reading them all)."""
     if split not in task.local.files:
         raise DataError(f"{directory}: WebNLG has no {split} split (known: {', '.join(task.local.files)})")
     split_dir = directory / task.local.files[split]
@@ -149,6 +151,8 @@ def _load_webnlg_local(task: TaskSpec, split: str, directory: Path) -> datasets.
         skipped += unusable
         for key, values in parsed.items():
             rows[key].extend(values)
+        if limit is not None and len(rows["triples"]) >= limit:
+            break
     if skipped:
         log.warning("%s: skipped %d WebNLG entries without any reference text (kept %d)", split_dir, skipped,
                     len(rows["triples"]))
