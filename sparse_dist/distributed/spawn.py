@@ -22,6 +22,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from multiprocessing import reduction
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,26 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+class _CallerFd:
+    """One of the caller's file descriptors, duplicated into the rank when the rank is started (the fork
+    server's own stdout and stderr are whatever they were when it started, not the caller's now)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def __reduce__(self):
+        return _detach, (reduction.DupFd(self.fd),)
+
+
+def _detach(duplicate) -> int:
+    return duplicate.detach()
+
+
 def _worker(fn: Callable, args: tuple, rank: int, world_size: int, port: int, out: str,
-            environ: dict[str, str]) -> None:
+            environ: dict[str, str], streams: tuple[int, int]) -> None:
+    for target, fd in zip((1, 2), streams):  # print where the caller's output goes now (pytest's capfd too)
+        os.dup2(fd, target)
+        os.close(fd)
     os.environ.clear()  # the caller's environment now, not the fork server's from when it started
     os.environ.update(environ)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
@@ -67,7 +86,8 @@ def run_distributed(fn: Callable, world_size: int, *args: Any, timeout_s: float 
     with tempfile.TemporaryDirectory() as tmp:
         outputs = [str(Path(tmp) / f"rank{r}.pkl") for r in range(world_size)]
         processes = [context.Process(target=_worker,
-                                     args=(fn, args, r, world_size, port, outputs[r], dict(os.environ)))
+                                     args=(fn, args, r, world_size, port, outputs[r], dict(os.environ),
+                                           (_CallerFd(1), _CallerFd(2))))
                      for r in range(world_size)]
         for process in processes:
             process.start()
