@@ -20,10 +20,9 @@ from typing import Any
 import deepspeed
 import torch
 import torch.distributed as dist
-from deepspeed.accelerator import get_accelerator
 from torch.optim.lr_scheduler import LambdaLR
 
-from sparse_dist.checkpoint import Checkpointer, rng_state, set_rng_state
+from sparse_dist.checkpoint import Checkpointer, check_run_dir, rng_state, run_signature, set_rng_state
 from sparse_dist.config import OptimizerConfig, RunConfig, dump_config
 from sparse_dist.data.sampler import TrainBatchSampler
 from sparse_dist.data.task_data import build_task_data, build_train_loader
@@ -31,7 +30,7 @@ from sparse_dist.data.tasks import get_task
 from sparse_dist.distill.build import build_distiller
 from sparse_dist.distributed.comm import TorchCommunicator
 from sparse_dist.distributed.deepspeed_config import build_deepspeed_config, resolve_precision
-from sparse_dist.distributed.env import DistEnv, main_process_first
+from sparse_dist.distributed.env import DistEnv, device_capabilities, main_process_first
 from sparse_dist.distributed.gather import full_shape
 from sparse_dist.evaluation import Evaluator
 from sparse_dist.models.build import build_model, count_parameters
@@ -90,16 +89,20 @@ class Trainer:
         self.config = config
         self.env = env
         self.run_dir = Path(config.job.run_dir)
-        if env.is_main:
-            dump_config(config, self.run_dir / "config.yaml")
         on_gpu = env.on_gpu
-        self.precision = resolve_precision(config.training, on_gpu, on_gpu and get_accelerator().is_bf16_supported())
+        self.precision = resolve_precision(config.training, on_gpu, device_capabilities()[1])
         self.ds_config = build_deepspeed_config(config.training, config.optimizer, config.zero, env.world_size,
                                                 self.precision, on_gpu)
         self.task = get_task(config.data.task)
         self.comm = TorchCommunicator()
         self.built = build_model(config.model, self.task, self.ds_config, config.job.seed)
         self.pruner = build_pruner(config.pruning, self.built.pretrained, config.training.max_steps, self.comm)
+        # Nothing is written into the run directory before its checkpoints are known to be this run's.
+        signature = run_signature(config, self.precision, [f"{s.name}{list(s.shape)}" for s in self.pruner.sites])
+        check_run_dir(self.run_dir / "checkpoints", signature, env.world_size, config.checkpoint.resume,
+                      config.training.max_steps)
+        if env.is_main:
+            dump_config(config, self.run_dir / "config.yaml")
         self.pruner.prepare(self.built.model)
         with main_process_first(env):
             self.task_data = build_task_data(config.data, self.task, self.built.tokenizer, self.built.kind)
@@ -109,7 +112,6 @@ class Trainer:
                                          self.pruner, self.ds_config, self.comm, env, config.job.seed)
         self.evaluator = Evaluator(self.task_data, config.eval, env, self.built.tokenizer, config.zero.stage)
         self.metrics = build_metrics_logger(self.run_dir, config.metrics.tensorboard, env.is_main)
-        signature = {"model": config.model.name_or_path, "task": config.data.task, "zero_stage": config.zero.stage}
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", config.checkpoint.keep_last, env, signature)
         self.step = 0
         self.result = TrainResult(steps=0)
@@ -296,7 +298,7 @@ class Trainer:
 
     def _resume(self) -> bool:
         """Restore the latest checkpoint if there is one; True if a run was resumed."""
-        restored = self.checkpointer.load_latest(self.engine, self.config.zero.stage)
+        restored = self.checkpointer.load_latest(self.engine)
         if restored is None:
             return False
         self.step, states = restored

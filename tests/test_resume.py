@@ -15,7 +15,8 @@ import torch.distributed as dist
 from harness import run_distributed
 
 from runs import tiny_config
-from sparse_dist.checkpoint import Checkpointer, CheckpointError
+from sparse_dist.checkpoint import Checkpointer
+from sparse_dist.config import ConfigError
 from sparse_dist.distributed.env import init_distributed
 from sparse_dist.distributed.gather import full_master, iter_full_parameters
 from sparse_dist.distributed.reshard import assemble
@@ -217,7 +218,7 @@ def resume_elsewhere(stage: int, run_dir: str) -> str:
     env = init_distributed()
     try:
         Trainer(config_for(run_dir, stage, env.world_size), env).train()
-    except CheckpointError as error:
+    except ConfigError as error:
         return str(error)
     return ""
 
@@ -228,3 +229,41 @@ def test_a_zero_checkpoint_says_clearly_that_it_needs_its_world_size(tmp_path):
     message = run_distributed(resume_elsewhere, 1, 2, run_dir)[0]
     assert "written by 2 ranks under ZeRO-2 and this job has 1" in message
     assert "Resume with 2 ranks" in message
+
+
+def files(run_dir: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(run_dir)): (p.stat().st_size, p.stat().st_mtime_ns) for p in run_dir.rglob("*")
+            if p.is_file()}
+
+
+def restart_with_another_method(run_dir: str) -> dict:
+    """A finished magnitude run, restarted in its run directory with a movement config, then exported."""
+    from launch.export import main as export_main
+
+    env = init_distributed()
+    pruning = {"scope": "global", "target_remaining": 0.5}
+    finished = tiny_config(run_dir, world_size=env.world_size, training={"max_steps": 2},
+                           pruning={"method": "magnitude", **pruning})
+    Trainer(finished, env).train()
+    before = files(Path(run_dir))
+    movement = tiny_config(run_dir, world_size=env.world_size, training={"max_steps": 2},
+                           pruning={"method": "movement", **pruning})
+    try:
+        Trainer(movement, env).train()
+        refusal = None
+    except Exception as error:  # noqa: BLE001 - the test says which kind of failure it was
+        refusal = (type(error).__name__, str(error))
+    after = files(Path(run_dir))
+    export_status = export_main(["--run-dir", run_dir, "--out", f"{run_dir}_export"])
+    return {"refusal": refusal, "unchanged": before == after, "export_status": export_status}
+
+
+def test_a_finished_run_restarted_as_another_run_is_refused_and_left_intact(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_distributed(restart_with_another_method, 1, str(run_dir))[0]
+    kind, message = result["refusal"]
+    assert kind == "ConfigError", message
+    assert message.startswith(f"job.run_dir: {run_dir / 'checkpoints' / 'step00000002'} is a checkpoint of another "
+                              "run: pruning.method is 'magnitude' there, 'movement' here")
+    assert result["unchanged"]  # config.yaml, checkpoints, COMPLETED, TensorBoard: nothing written
+    assert result["export_status"] == 0 and (tmp_path / "run_export" / "model" / "config.json").is_file()

@@ -45,6 +45,16 @@ def launcher_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def device_capabilities() -> tuple[bool, bool]:
+    """(this process computes on an accelerator, that accelerator supports bf16), from DeepSpeed's
+    accelerator, as :func:`init_distributed` will pick it. Needs no process group."""
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    on_accelerator = accelerator.device_name() != "cpu"
+    return on_accelerator, on_accelerator and bool(accelerator.is_bf16_supported())
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
