@@ -4,6 +4,7 @@
     deepspeed --num_gpus 2 launch/train.py --config configs/minilm_sst2.yaml        # 2 ranks (CPU: gloo)
     torchrun --nproc_per_node 2 launch/train.py --config configs/minilm_sst2.yaml training.max_steps=50
     python -m launch.train --help-config                                             # every key, documented
+    python -m launch.train --completed --config configs/minilm_sst2.yaml            # 0 if this run is complete
 
 The config, and what it asks of this machine, its files and the run directory, is checked before any
 process group starts (``--check`` runs just that): a problem is one line naming the key, exit status 2;
@@ -23,6 +24,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", help="YAML run config")
     parser.add_argument("--help-config", action="store_true", help="list every config key and exit")
     parser.add_argument("--check", action="store_true", help="validate the config (and overrides) and exit")
+    parser.add_argument("--completed", action="store_true",
+                        help="exit 0 if <run_dir>/COMPLETED records the run this config asks for, else 1")
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # set by launchers
     parser.add_argument("overrides", nargs="*", metavar="section.key=value")
     return parser.parse_args(argv)
@@ -32,6 +35,14 @@ def _check_run(config) -> None:
     from sparse_dist.preflight import check_run  # heavy imports: only once the config itself is valid
 
     check_run(config)
+
+
+def _report_completion(config) -> int:
+    from sparse_dist.preflight import incomplete_because
+
+    reason = incomplete_because(config)
+    print(f"not complete: {reason}" if reason else f"complete: {config.job.run_dir}")
+    return 1 if reason else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         config = load_config(args.config, args.overrides)
+        if args.completed:
+            return _report_completion(config)
         _check_run(config)
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)

@@ -50,7 +50,9 @@ launch() {
   while kill -0 "$srun_pid" 2>/dev/null; do
     wait "$srun_pid" && status=0 || status=$?   # returns early when a trapped signal arrives
   done
-  if [ -f "$run_dir/COMPLETED" ]; then
+  # Complete only if COMPLETED records this config's run: a marker left by a shorter run (max_steps since
+  # raised) or by another run in the same directory must not end the job.
+  if WORLD_SIZE=$world python -m launch.train --completed --config "$config" "job.run_dir=$run_dir" "$@"; then
     echo "run complete: $run_dir"
     exit 0
   fi

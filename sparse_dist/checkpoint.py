@@ -152,6 +152,28 @@ def check_run_dir(directory: Path, signature: dict[str, Any], world_size: int, r
         return
 
 
+COMPLETED = "COMPLETED"
+"""The marker ``<run_dir>/COMPLETED``: the run with this signature reached its ``training.max_steps``."""
+
+
+def completion_mismatch(run_dir: Path, signature: dict[str, Any], max_steps: int) -> str | None:
+    """Why ``<run_dir>/COMPLETED`` does not describe the run with ``signature`` and ``max_steps`` (None
+    when it does): a marker left by a shorter run, or by another run, does not make this one complete."""
+    path = Path(run_dir) / COMPLETED
+    if not path.is_file():
+        return f"{path} does not exist"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return f"{path} is unreadable"
+    if record.get("steps") != max_steps:
+        return f"{path} records {record.get('steps')} steps and training.max_steps is {max_steps}"
+    differences = signature_differences(record.get("signature") or {}, signature)
+    if differences:
+        return f"{path} records another run: {'; '.join(differences)}"
+    return None
+
+
 class Checkpointer:
     """Saves and finds checkpoints under ``directory``. :meth:`save` and :meth:`load` are collective."""
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sparse_dist.checkpoint import check_run_dir, run_signature
+from sparse_dist.checkpoint import check_run_dir, completion_mismatch, run_signature
 from sparse_dist.config import ConfigError, RunConfig
 from sparse_dist.data.load import check_data_source
 from sparse_dist.data.tasks import get_task
@@ -41,8 +41,7 @@ def check_run(config: RunConfig) -> None:
     from sparse_dist.models.label_words import label_word_ids
 
     task = get_task(config.data.task)
-    on_accelerator, bf16 = device_capabilities()
-    precision = resolve_precision(config.training, on_accelerator, bf16)
+    signature = config_signature(config)
 
     model = config.model
     student = load_checkpoint_config(model.name_or_path)
@@ -67,5 +66,17 @@ def check_run(config: RunConfig) -> None:
         check_model_for_task(teacher, task, teacher_name, teacher_head(teacher_name, model.head), "distill.teacher")
 
     check_data_source(task, config.data.local_dir)
-    check_run_dir(Path(config.job.run_dir) / "checkpoints", run_signature(config, precision), config.world_size,
-                  config.checkpoint.resume, config.training.max_steps)
+    check_run_dir(Path(config.job.run_dir) / "checkpoints", signature, config.world_size, config.checkpoint.resume,
+                  config.training.max_steps)
+
+
+def config_signature(config: RunConfig) -> dict:
+    """The run's checkpoint signature as this machine resolves it (precision). Raises :class:`ConfigError`."""
+    on_accelerator, bf16 = device_capabilities()
+    return run_signature(config, resolve_precision(config.training, on_accelerator, bf16))
+
+
+def incomplete_because(config: RunConfig) -> str | None:
+    """Why the run this config asks for is not complete (None: its COMPLETED marker matches). For job
+    scripts deciding whether to requeue; no process group."""
+    return completion_mismatch(Path(config.job.run_dir), config_signature(config), config.training.max_steps)

@@ -22,7 +22,14 @@ import torch
 import torch.distributed as dist
 from torch.optim.lr_scheduler import LambdaLR
 
-from sparse_dist.checkpoint import Checkpointer, check_run_dir, rng_state, run_signature, set_rng_state
+from sparse_dist.checkpoint import (
+    COMPLETED,
+    Checkpointer,
+    check_run_dir,
+    rng_state,
+    run_signature,
+    set_rng_state,
+)
 from sparse_dist.config import OptimizerConfig, RunConfig, dump_config
 from sparse_dist.data.sampler import TrainBatchSampler
 from sparse_dist.data.task_data import build_task_data, build_train_loader
@@ -145,6 +152,7 @@ class Trainer:
         start_time = time.perf_counter()
         if not (self.config.checkpoint.resume and self._resume()):
             self.pruner.start()
+        self._withdraw_completion_marker()
         max_steps = self.config.training.max_steps
         sampler = TrainBatchSampler(len(self.task_data.train), self.config.training.global_batch_size,
                                     self.config.training.micro_batch_size, self.env.rank, self.env.world_size,
@@ -198,14 +206,22 @@ class Trainer:
         return False
 
     def _write_completion_marker(self) -> None:
-        """<run_dir>/COMPLETED: the run reached its last step (job scripts requeue until it exists)."""
+        """<run_dir>/COMPLETED: this run (its signature) reached its last step; job scripts requeue until a
+        marker matching their config exists (:func:`~sparse_dist.checkpoint.completion_mismatch`)."""
         if self.env.is_main:
             schedule = getattr(self.pruner, "schedule", None)
             evals = [{"step": step, "target_remaining": schedule.remaining(step) if schedule else 1.0, **metrics}
                      for step, metrics in self.result.evals]
-            summary = {"steps": self.step, "final": self.result.final_metrics, "best": self.result.best_metric,
-                       "sparsity": self.result.sparsity, "evals": evals}
-            (self.run_dir / "COMPLETED").write_text(json.dumps(summary, indent=1))
+            summary = {"steps": self.step, "max_steps": self.config.training.max_steps,
+                       "signature": self.checkpointer.signature, "final": self.result.final_metrics,
+                       "best": self.result.best_metric, "sparsity": self.result.sparsity, "evals": evals}
+            (self.run_dir / COMPLETED).write_text(json.dumps(summary, indent=1))
+
+    def _withdraw_completion_marker(self) -> None:
+        """A run that trains on (a finished run extended) is not complete until it ends again: a marker
+        left by its shorter self must not tell a job script otherwise."""
+        if self.env.is_main and self.step < self.config.training.max_steps:
+            (self.run_dir / COMPLETED).unlink(missing_ok=True)
 
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
         """One optimizer step over this rank's micro-batches, then the pruner's step; returns the mean
