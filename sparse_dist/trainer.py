@@ -148,11 +148,46 @@ class Trainer:
     # --- the loop ---------------------------------------------------------------------------------
 
     def train(self) -> TrainResult:
-        """Run (or finish) training; returns the same result on every rank. All ranks call."""
+        """Run (or finish) training; returns the same result on every rank. All ranks call.
+
+        From the resume to the exported model, SIGTERM and SIGUSR1 stop the run with a checkpoint of its
+        last completed step: at the next step boundary, or once the final evaluation, checkpoint or export
+        under way is done. The result then says ``stopped``; restarting the same command resumes.
+        """
         start_time = time.perf_counter()
-        if not (self.config.checkpoint.resume and self._resume()):
-            self.pruner.start()
-        self._withdraw_completion_marker()
+        with StopRequest(self.env.device) as stop:
+            if not (self.config.checkpoint.resume and self._resume()):
+                self.pruner.start()
+            self._withdraw_completion_marker()
+            stopped = self._loop(stop) or self._finish(stop)
+        self.result.wall_time_s = time.perf_counter() - start_time
+        self.metrics.close()
+        if stopped:
+            self.result.stopped = True
+            log.warning("stopped after step %d; restart the same command to resume", self.step)
+            return self.result
+        self._print_summary()
+        return self.result
+
+    def _finish(self, stop: StopRequest) -> bool:
+        """Final evaluation, checkpoint, export and completion marker; True if a signal stopped the run on
+        the way (after the checkpoint of the last step, which a restart finishes from)."""
+        if not (self.result.final_metrics and self.result.evals and self.result.evals[-1][0] == self.step):
+            self.result.final_metrics = self.evaluate()  # else evaluated before this step's checkpoint was saved
+        self.save_checkpoint()
+        if stop.agreed():
+            return True
+        if self.config.checkpoint.save_final_model:
+            self.export(self.run_dir / "final")
+            if stop.agreed():
+                return True
+        self.result.sparsity = self.pruner.achieved()
+        self.result.steps = self.step
+        self._write_completion_marker()
+        return False
+
+    def _loop(self, stop: StopRequest) -> bool:
+        """Train to ``max_steps``; True if stopped early by a signal (after saving a checkpoint)."""
         max_steps = self.config.training.max_steps
         sampler = TrainBatchSampler(len(self.task_data.train), self.config.training.global_batch_size,
                                     self.config.training.micro_batch_size, self.env.rank, self.env.world_size,
@@ -161,29 +196,6 @@ class Trainer:
         self.engine.train()  # from_pretrained returns the model in eval mode (dropout off)
         bar = build_progress_bar(max_steps, self.step, self.config.metrics.progress_bar, self.env.is_main)
         window_start, window_steps = time.perf_counter(), 0
-        with StopRequest(self.env.device) as stop:
-            stopped = self._loop(batches, bar, stop, max_steps, window_start, window_steps)
-        bar.close()
-        if stopped:  # SIGTERM/SIGUSR1: the checkpoint is written; restarting the same command resumes
-            self.result.stopped = True
-            self.result.wall_time_s = time.perf_counter() - start_time
-            self.metrics.close()
-            log.warning("stopped after step %d; restart the same command to resume", self.step)
-            return self.result
-        self.result.final_metrics = self.evaluate()
-        self.save_checkpoint()
-        if self.config.checkpoint.save_final_model:
-            self.export(self.run_dir / "final")
-        self.result.sparsity = self.pruner.achieved()
-        self.result.steps = self.step
-        self.result.wall_time_s = time.perf_counter() - start_time
-        self.metrics.close()
-        self._write_completion_marker()
-        self._print_summary()
-        return self.result
-
-    def _loop(self, batches, bar, stop: StopRequest, max_steps: int, window_start: float, window_steps: int) -> bool:
-        """Train to ``max_steps``; True if stopped early by a signal (after saving a checkpoint)."""
         while self.step < max_steps:
             self._accumulate_loss(self.train_step([next(batches) for _ in range(self.config.grad_accum_steps)]))
             self.step += 1
@@ -202,7 +214,9 @@ class Trainer:
             window_start += time.perf_counter() - pause  # samples/s counts training time only
             if stop.agreed():
                 self.save_checkpoint()
+                bar.close()
                 return True
+        bar.close()
         return False
 
     def _write_completion_marker(self) -> None:

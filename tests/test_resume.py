@@ -6,6 +6,7 @@ resumed run to end bit for bit where the uninterrupted one does.
 """
 
 import hashlib
+import json
 import os
 import signal
 from pathlib import Path
@@ -20,6 +21,7 @@ from sparse_dist.config import ConfigError
 from sparse_dist.distributed.env import init_distributed
 from sparse_dist.distributed.gather import full_master, iter_full_parameters
 from sparse_dist.distributed.reshard import assemble
+from sparse_dist.preflight import incomplete_because
 from sparse_dist.pruning.export import full_masks
 from sparse_dist.trainer import Trainer
 
@@ -267,3 +269,67 @@ def test_a_finished_run_restarted_as_another_run_is_refused_and_left_intact(tmp_
                               "run: pruning.method is 'magnitude' there, 'movement' here")
     assert result["unchanged"]  # config.yaml, checkpoints, COMPLETED, TensorBoard: nothing written
     assert result["export_status"] == 0 and (tmp_path / "run_export" / "model" / "config.json").is_file()
+
+
+def signalled_before(trainer: Trainer, method: str, signum: int) -> None:
+    """Send ``signum`` to this process as ``trainer.<method>`` starts (the handler only raises a flag)."""
+    original = getattr(trainer, method)
+
+    def call(*args, **kwargs):
+        if method != "train_step" or trainer.step + 1 == 3:
+            os.kill(os.getpid(), signum)
+        return original(*args, **kwargs)
+
+    setattr(trainer, method, call)
+
+
+def signals_outside_the_step_loop(root: str) -> dict:
+    """SIGTERM during the final evaluation and during the export of runs without periodic checkpoints,
+    then a restart; and a finished run extended to more steps, sent USR1 at step 3 of 4."""
+    env = init_distributed()
+    out = {}
+    for phase, method in (("evaluation", "evaluate"), ("export", "export")):
+        run_dir = f"{root}/{phase}"
+        config = tiny_config(run_dir, world_size=env.world_size, checkpoint={"save_final_model": True})
+        trainer = Trainer(config, env)
+        signalled_before(trainer, method, signal.SIGTERM)
+        stopped = trainer.train()
+        out[phase] = {"stopped": stopped.stopped, "steps": trainer.step,
+                      "saved": sorted(p.name for p in (Path(run_dir) / "checkpoints").glob("step*")),
+                      "marker": (Path(run_dir) / "COMPLETED").exists()}
+        finished = Trainer(config, env).train()
+        out[phase].update(restarted_steps=finished.steps, restarted_stopped=finished.stopped,
+                          final=finished.final_metrics, marker_after_restart=(Path(run_dir) / "COMPLETED").exists())
+
+    run_dir = f"{root}/extended"
+    Trainer(tiny_config(run_dir, world_size=env.world_size, training={"max_steps": 2}), env).train()
+    marker = json.loads((Path(run_dir) / "COMPLETED").read_text())
+    extended = tiny_config(run_dir, world_size=env.world_size, training={"max_steps": 4})
+    trainer = Trainer(extended, env)
+    signalled_before(trainer, "train_step", signal.SIGUSR1)
+    out["extended"] = {"first_marker_steps": marker["steps"], "stopped": trainer.train().stopped,
+                       "step": trainer.step, "marker": (Path(run_dir) / "COMPLETED").exists(),
+                       "incomplete_because": incomplete_because(extended)}
+    return out
+
+
+@pytest.fixture(scope="module")
+def late_signals(tmp_path_factory):
+    return run_distributed(signals_outside_the_step_loop, 1, str(tmp_path_factory.mktemp("late_signals")))[0]
+
+
+@pytest.mark.parametrize("phase", ["evaluation", "export"])
+def test_a_signal_after_the_last_step_saves_it_and_a_restart_finishes(late_signals, phase):
+    record = late_signals[phase]
+    assert record["stopped"] and record["steps"] == 3
+    assert record["saved"] == ["step00000003"] and not record["marker"]  # the only checkpoint: the signal's
+    assert record["restarted_steps"] == 3 and not record["restarted_stopped"] and record["marker_after_restart"]
+    assert "accuracy" in record["final"]
+
+
+def test_a_finished_run_extended_is_not_complete_until_it_ends_again(late_signals, tmp_path):
+    record = late_signals["extended"]
+    assert record["first_marker_steps"] == 2
+    assert record["stopped"] and record["step"] == 3
+    assert not record["marker"]  # the 2-step run's marker went when training went on
+    assert record["incomplete_because"].endswith("COMPLETED does not exist")
