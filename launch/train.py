@@ -66,11 +66,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from sparse_dist.data.load import DataError
-    from sparse_dist.distributed.env import init_distributed, init_logging
+    from sparse_dist.distributed.env import RendezvousError, init_distributed, init_logging
     from sparse_dist.preemption import RESUMABLE_EXIT
     from sparse_dist.trainer import Trainer
 
-    env = init_distributed()
+    try:
+        env = init_distributed()
+    except RendezvousError as error:  # never another job's store: refused with one line
+        print(f"rendezvous error: {error}", file=sys.stderr)
+        return 2
     init_logging(env.rank)
     try:
         result = Trainer(config, env).train()

@@ -4,6 +4,7 @@ stand-ins for ``srun`` and ``scontrol``: seconds, no cluster. ``test_slurm.py`` 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -40,15 +41,30 @@ def start_job(tmp_path: Path, run_dir: Path, *overrides: str, **env: str) -> sub
                    "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "localhost", "SLURM_JOB_NUM_NODES": "1",
                    "SLURM_SUBMIT_DIR": str(REPO), "CONFIG": CONFIG, "RUN_DIR": str(run_dir), "GPUS_PER_NODE": "1",
                    **env}
+    environment = {k: v for k, v in environment.items() if v is not None}  # None: not set at all
     return subprocess.Popen(["bash", "slurm/smp_bert_base.sh", f"data.local_dir={DATA_DIR}", *overrides], cwd=REPO,
-                            env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def output_of(job: subprocess.Popen, timeout_s: float = 120) -> str:
+    """The job's output once it ends; it and its stand-ins are killed if it has not after ``timeout_s``."""
+    try:
+        return job.communicate(timeout=timeout_s)[0]
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.communicate()
 
 
 def wait_for(path: Path, job: subprocess.Popen, timeout_s: float = 120) -> None:
+    """Until ``path`` exists; the job and its stand-ins are killed if it ends or times out first."""
     deadline = time.monotonic() + timeout_s
     while not path.exists():
-        assert job.poll() is None, job.communicate()[0]
-        assert time.monotonic() < deadline, f"{path} did not appear in {timeout_s} s"
+        if job.poll() is not None or time.monotonic() > deadline:
+            if job.poll() is None:
+                os.killpg(job.pid, signal.SIGKILL)
+            raise AssertionError(f"{path} did not appear:\n{job.communicate()[0]}")
         time.sleep(0.2)
 
 
@@ -61,8 +77,46 @@ def test_a_completed_marker_of_a_shorter_run_does_not_end_an_extended_job(tmp_pa
     job = start_job(tmp_path, run_dir, "training.max_steps=3000")
     wait_for(tmp_path / "venv" / "bin" / "srun.started", job)
     job.send_signal(signal.SIGUSR1)
-    output = job.communicate(timeout=120)[0]
+    output = output_of(job)
     assert job.returncode == 0, output
     assert f"not complete: {run_dir / 'COMPLETED'} records 8 steps and training.max_steps is 3000" in output
     assert "run not complete: requeueing job 4242" in output and "run complete" not in output
     assert (tmp_path / "venv" / "bin" / "scontrol.log").read_text().split("\n")[0] == "requeue 4242"
+
+
+def held(port: int) -> socket.socket:
+    """A listening socket on ``port``, as another job's rendezvous store would hold it."""
+    sock = socket.socket()
+    sock.bind(("", port))
+    sock.listen()
+    return sock
+
+
+def test_the_rendezvous_port_is_the_jobs_own_and_free(tmp_path):
+    derived = 10000 + 4242 % 20000
+    with held(derived):  # another job's store sits on the port job 4242 would derive
+        job = start_job(tmp_path, tmp_path / "run", MASTER_PORT=None)
+        stubs = tmp_path / "venv" / "bin"
+        try:
+            wait_for(stubs / "srun.started", job)
+        finally:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.communicate()
+    port = int((stubs / "srun.port").read_text())
+    assert derived < port < derived + 100
+    command = (stubs / "srun.args").read_text()
+    assert f"--rdzv_endpoint localhost:{port} " in command  # where every node's torchrun meets
+    assert '--rdzv_conf "is_host=$(( SLURM_NODEID == 0 ))"' in command  # only the first node hosts the store
+
+
+def test_a_given_rendezvous_port_in_use_stops_the_job_with_one_line(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        port = probe.getsockname()[1]
+    with held(port):
+        job = start_job(tmp_path, tmp_path / "run", MASTER_PORT=str(port))
+        output = output_of(job, timeout_s=60)
+    assert job.returncode == 2, output
+    assert output.strip().splitlines()[-1] == (f"MASTER_PORT {port} is in use on {socket.gethostname()} (another "
+                                               "job's rendezvous?); unset it to let the job pick a free port")
+    assert not (tmp_path / "venv" / "bin" / "srun.started").exists()
