@@ -9,7 +9,7 @@ checkpoint manifests, never weights or whole datasets:
 - a model or teacher that cannot be found (offline and not cached), or cannot serve the task: an encoder
   for a generation task, a classifier fine-tuned on other classes or other labels, label words that are
   not single tokens, a teacher of another kind or vocabulary than the student (``model.name_or_path``,
-  ``model.head``, ``distill.teacher``);
+  ``model.head``, ``distill.teacher``), inputs longer than an encoder reads (``data.max_seq_length``);
 - local data that is missing while the hub is offline, or lacks a file or a column (``data.local_dir``);
 - a run directory whose checkpoints belong to another run, are past ``training.max_steps``, or would be
   mixed with a fresh start (:func:`sparse_dist.checkpoint.check_run_dir`).
@@ -46,12 +46,17 @@ def check_run(config: RunConfig) -> None:
     model = config.model
     student = load_checkpoint_config(model.name_or_path)
     check_model_for_task(student, task, model.name_or_path, model.head)
-    if model_kind(student) == "encoder" and model.head == "label_words":
+    if model_kind(student) == "encoder":
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(model.name_or_path))
-        try:
-            label_word_ids(tokenizer, task.label_words)
-        except ValueError as error:
-            raise ConfigError(f"model.head: label_words with {model.name_or_path}: {error}") from None
+        limit = tokenizer.model_max_length  # absolute positions: longer inputs fail at their first batch
+        if limit < 1_000_000 and config.data.max_seq_length > limit:  # (a huge value means "not recorded")
+            raise ConfigError(f"data.max_seq_length: {model.name_or_path} reads at most {limit} tokens, got "
+                              f"{config.data.max_seq_length}")
+        if model.head == "label_words":
+            try:
+                label_word_ids(tokenizer, task.label_words)
+            except ValueError as error:
+                raise ConfigError(f"model.head: label_words with {model.name_or_path}: {error}") from None
 
     teacher_name = config.distill.teacher
     if teacher_name:

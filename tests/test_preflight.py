@@ -3,12 +3,13 @@ naming the key, exit status 2. Data errors found while loading name the file and
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from transformers import BertForSequenceClassification
+from transformers import AutoTokenizer, BertForSequenceClassification
 
 from launch.train import main
 from sparse_dist.models.tiny import tiny_checkpoint
@@ -84,6 +85,14 @@ def test_a_missing_file_or_column_in_the_local_data(capsys, tmp_path):
 def test_a_model_that_cannot_serve_the_task(capsys, tmp_path, data_dir, overrides, message):
     status, err = check(capsys, tmp_path, data_dir, *overrides)
     assert status == 2 and err.startswith(message) and "\n" not in err
+
+
+def test_inputs_longer_than_the_encoder_reads(capsys, tmp_path, data_dir):
+    encoder = tmp_path / "short_encoder"
+    shutil.copytree(tiny_checkpoint("tiny-bert"), encoder)
+    AutoTokenizer.from_pretrained(encoder, model_max_length=32).save_pretrained(encoder)
+    status, err = check(capsys, tmp_path, data_dir, f"model.name_or_path={encoder}")  # max_seq_length 64
+    assert (status, err) == (2, f"config error: data.max_seq_length: {encoder} reads at most 32 tokens, got 64")
 
 
 def test_a_run_dir_holding_another_runs_checkpoint(capsys, tmp_path, data_dir):
