@@ -172,8 +172,10 @@ class Trainer:
     def _finish(self, stop: StopRequest) -> bool:
         """Final evaluation, checkpoint, export and completion marker; True if a signal stopped the run on
         the way (after the checkpoint of the last step, which a restart finishes from)."""
-        if not (self.result.final_metrics and self.result.evals and self.result.evals[-1][0] == self.step):
-            self.result.final_metrics = self.evaluate()  # else evaluated before this step's checkpoint was saved
+        if self.result.evals and self.result.evals[-1][0] == self.step:  # evaluated before its checkpoint was saved
+            self.result.final_metrics = self.result.evals[-1][1]
+        else:
+            self.result.final_metrics = self.evaluate()
         self.save_checkpoint()
         if stop.agreed():
             return True
