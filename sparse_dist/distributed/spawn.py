@@ -46,12 +46,10 @@ def _worker(fn: Callable, args: tuple, rank: int, world_size: int, port: int, ou
         pickle.dump(result, handle)
 
 
-def run_distributed(fn: Callable, world_size: int, *args: Any, timeout_s: float = 900,
-                    port: int | None = None) -> list[Any]:
-    """``fn(*args)`` on ``world_size`` gloo ranks; the list of their results, rank 0 first. The ranks meet
-    on ``port`` of the loopback interface (default: a free one)."""
+def run_distributed(fn: Callable, world_size: int, *args: Any, timeout_s: float = 900) -> list[Any]:
+    """``fn(*args)`` on ``world_size`` gloo ranks; the list of their results, rank 0 first."""
     context = multiprocessing.get_context("spawn")
-    port = port or _free_port()
+    port = _free_port()
     with tempfile.TemporaryDirectory() as tmp:
         outputs = [str(Path(tmp) / f"rank{r}.pkl") for r in range(world_size)]
         processes = [context.Process(target=_worker, args=(fn, args, r, world_size, port, outputs[r]))
