@@ -99,12 +99,13 @@ def _job_store(rank: int, world_size: int, timeout: timedelta) -> dist.Store:
     try:
         store = dist.TCPStore(addr, port, world_size, is_master=rank == 0, timeout=timeout, wait_for_workers=False)
     except RuntimeError as error:  # DistNetworkError: the port is taken (rank 0) or nobody listens (others)
-        if rank == 0:
+        if rank == 0 and "EADDRINUSE" in str(error):
             raise RendezvousError(f"MASTER_PORT {port} on {addr} is already in use, by another job's rendezvous "
                                   "store or another program; this job does not join a store it did not create. "
                                   "Choose a free port (--master_port)") from None
         first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
-        raise RendezvousError(f"rank {rank} cannot reach the rendezvous store at {addr}:{port}: {first}") from None
+        raise RendezvousError(f"rank {rank} cannot {'create' if rank == 0 else 'reach'} the rendezvous store at "
+                              f"{addr}:{port}: {first}") from None
     if token is not None:
         if rank == 0:
             store.set(_JOB_KEY, token)
