@@ -33,7 +33,12 @@ def main(argv: list[str] | None = None) -> int:
 
     env = init_distributed()
     init_logging(env.rank)
-    trainer = Trainer(config, env)
+    try:
+        trainer = Trainer(config, env)  # refuses another world size under ZeRO 1-3, with one line
+    except ConfigError as error:
+        if env.is_main:
+            print(f"config error: {error}", file=sys.stderr)
+        return 2
     if not trainer.restore():
         print(f"error: {run_dir} has no usable checkpoint to export", file=sys.stderr)
         return 1

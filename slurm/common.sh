@@ -3,7 +3,7 @@
 #
 # Knobs (environment, with defaults):
 #   GPUS_PER_NODE   ranks per node (GPUs; on CPU-only nodes, processes)             8
-#   MASTER_PORT     rendezvous port on the first node of the allocation             29500
+#   MASTER_PORT     rendezvous port on the first node of the allocation             from the job id
 #   VENV            virtual environment made by `make setup`                        .venv
 #   SHUTDOWN_S      seconds the ranks get to checkpoint after a signal              600
 
@@ -14,12 +14,31 @@ cd "${SLURM_SUBMIT_DIR:-$(pwd)}"
 VENV=${VENV:-.venv}
 export PATH="$VENV/bin:$PATH"
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
-MASTER_PORT=${MASTER_PORT:-29500}
 SHUTDOWN_S=${SHUTDOWN_S:-600}
 MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 NODES=${SLURM_JOB_NUM_NODES:-1}
-export MASTER_ADDR MASTER_PORT
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( ${SLURM_CPUS_ON_NODE:-$GPUS_PER_NODE} / GPUS_PER_NODE > 0 ? ${SLURM_CPUS_ON_NODE:-$GPUS_PER_NODE} / GPUS_PER_NODE : 1 ))}
+
+# === Rendezvous port ====================================================================
+# This script runs on the first node of the allocation, where torchrun's store will listen. Jobs sharing
+# a node must not share a port: the second job's store could not bind, and torchrun would join the first
+# job's store instead, silently, and die with it. So the port comes from the job id (10000-29999, below
+# the ephemeral range), moved up past ports in use on this node; a MASTER_PORT given and in use stops the
+# job. torchrun is also told which node hosts the store (see launch), so that a port taken in between
+# fails the job rather than joining another.
+port_free() {
+  python -c 'import socket, sys; socket.socket().bind(("", int(sys.argv[1])))' "$1" 2>/dev/null
+}
+if [ -n "${MASTER_PORT:-}" ]; then
+  port_free "$MASTER_PORT" || {
+    echo "MASTER_PORT $MASTER_PORT is in use on $(hostname) (another job's rendezvous?); unset it to let the job pick a free port" >&2
+    exit 2; }
+else
+  MASTER_PORT=$(( 10000 + SLURM_JOB_ID % 20000 ))
+  for _ in $(seq 100); do port_free "$MASTER_PORT" && break; MASTER_PORT=$(( MASTER_PORT + 1 )); done
+  port_free "$MASTER_PORT" || { echo "no free rendezvous port from $(( 10000 + SLURM_JOB_ID % 20000 )) on $(hostname)" >&2; exit 2; }
+fi
+export MASTER_ADDR MASTER_PORT
 
 # === Launch =============================================================================
 # launch CONFIG RUN_DIR [section.key=value ...]
@@ -37,20 +56,25 @@ launch() {
     --rdzv_backend c10d --rdzv_endpoint "$MASTER_ADDR:$MASTER_PORT" --rdzv_id "$SLURM_JOB_ID"
     --signals-to-handle SIGTERM,SIGINT,SIGUSR1 --shutdown-timeout "$SHUTDOWN_S"
     launch/train.py --config "$config" "job.run_dir=$run_dir" "$@")
-  echo "command: srun --ntasks-per-node=1 ${command[*]}"
+  # Each node's torchrun is told whether it hosts the store (SLURM_NODEID 0): the host fails on a taken port
+  # instead of falling back to joining whatever store listens there.
+  local per_node='exec "$1" --rdzv_conf "is_host=$(( SLURM_NODEID == 0 ))" "${@:2}"'
+  echo "command: srun --ntasks-per-node=1 ${command[*]} (torchrun with --rdzv_conf is_host=1 on the first node, 0 elsewhere)"
 
   # USR1 (#SBATCH --signal, ahead of the time limit, or scancel --signal=USR1 --batch): checkpoint, then
   # requeue. TERM (scancel, preemption): checkpoint and stop. The ranks save at their next step boundary.
   local requeue=0
   trap 'echo "USR1: checkpointing, then requeueing"; requeue=1; kill -USR1 "$srun_pid" 2>/dev/null || true' USR1
   trap 'echo "TERM: checkpointing, then stopping"; kill -TERM "$srun_pid" 2>/dev/null || true' TERM
-  srun --ntasks-per-node=1 --kill-on-bad-exit=1 "${command[@]}" &
+  srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c "$per_node" node "${command[@]}" &
   srun_pid=$!
   local status=0
   while kill -0 "$srun_pid" 2>/dev/null; do
     wait "$srun_pid" && status=0 || status=$?   # returns early when a trapped signal arrives
   done
-  if [ -f "$run_dir/COMPLETED" ]; then
+  # Complete only if COMPLETED records this config's run: a marker left by a shorter run (max_steps since
+  # raised) or by another run in the same directory must not end the job.
+  if WORLD_SIZE=$world python -m launch.train --completed --config "$config" "job.run_dir=$run_dir" "$@"; then
     echo "run complete: $run_dir"
     exit 0
   fi

@@ -7,6 +7,12 @@ file is written, each file's size and SHA-256 go into ``manifest.json``; only th
 marker replaced (write to a temporary file, ``os.replace``). A save interrupted at any point leaves
 ``latest`` naming the previous complete checkpoint. On load the manifest is checked; a checkpoint
 that fails the check is reported with its path and the one before it is used.
+
+Every manifest carries the run's signature (:func:`run_signature`): everything that decides what a
+checkpoint holds. :func:`check_run_dir` refuses, before anything in the run directory is touched, to
+start a run beside checkpoints of another run (another method, model, task, ZeRO stage, ...; another
+world size under ZeRO 1-3, whose optimizer state is partitioned by rank count), to resume past
+``training.max_steps``, or to start over beside old checkpoints (``checkpoint.resume=false``).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from sparse_dist.config import ConfigError, RunConfig
 from sparse_dist.distributed.env import DistEnv
 
 log = logging.getLogger(__name__)
@@ -53,6 +60,118 @@ def _write_atomic(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
+
+
+def complete_checkpoints(directory: Path) -> list[Path]:
+    """Checkpoint directories under ``directory`` that have a manifest, oldest first."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.glob("step*") if (p / MANIFEST).is_file())
+
+
+def candidates(directory: Path) -> list[Path]:
+    """Checkpoints to try, newest first: the one ``latest`` names, then older complete ones."""
+    complete = complete_checkpoints(directory)
+    marker = directory / LATEST
+    if marker.is_file():
+        named = directory / marker.read_text().strip()
+        complete = [p for p in complete if p.name <= named.name]
+    return list(reversed(complete))
+
+
+def run_signature(config: RunConfig, precision: str, sites: list[str] | None = None) -> dict[str, Any]:
+    """What a checkpoint of this run holds, keyed by the config keys that decide it: the model and its
+    head, the task, the ZeRO stage and precision (the layout of DeepSpeed's state), the pruning method and
+    what it prunes (scores, statistics and masks), the self-regularization teacher. ``sites``, the names
+    and shapes the pruning state is laid out over, is added once the model is built. Not in it: anything
+    a continued run may change (steps, learning rates, schedules, evaluation, the world size under ZeRO-0).
+    """
+    signature: dict[str, Any] = {
+        "model.name_or_path": config.model.name_or_path, "model.head": config.model.head,
+        "data.task": config.data.task, "zero.stage": config.zero.stage, "training.precision": precision,
+        "pruning.method": config.pruning.method, "distill.self_regularization": config.distill.self_regularization}
+    if config.pruning.method != "none":
+        signature["pruning.scope"] = config.pruning.scope
+        signature["pruning.include_biases"] = config.pruning.include_biases
+    if sites is not None:
+        signature["pruning sites"] = hashlib.sha256("\n".join(sites).encode()).hexdigest()[:16]
+    return signature
+
+
+# Signatures written before run_signature named fewer things, by other names.
+_OLD_KEYS = {"model": "model.name_or_path", "task": "data.task", "zero_stage": "zero.stage"}
+
+
+def signature_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs between a checkpoint's signature and this run's, as ``key: A there, B here``. Keys one
+    side does not record (older checkpoints; sites before the model is built) are not compared."""
+    stored = {_OLD_KEYS.get(key, key): value for key, value in stored.items()}
+    return [f"{key} is {stored[key]!r} there, {current[key]!r} here" for key in current
+            if key in stored and stored[key] != current[key]]
+
+
+def _read_manifest(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((path / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def check_manifest(path: Path, manifest: dict[str, Any], signature: dict[str, Any], world_size: int) -> None:
+    """Refuse to resume checkpoint ``path`` in a run with ``signature`` on ``world_size`` ranks: a
+    :class:`ConfigError` that says what differs. Reads nothing but the manifest."""
+    differences = signature_differences(manifest.get("signature") or {}, signature)
+    if differences:
+        raise ConfigError(f"job.run_dir: {path} is a checkpoint of another run: {'; '.join(differences)}. Use a new "
+                          f"job.run_dir, or delete {path.parent} to start over in this one")
+    written_by, stage = manifest["world_size"], signature["zero.stage"]
+    if written_by != world_size and stage > 0:
+        raise ConfigError(
+            f"world_size: {path} was written by {written_by} ranks under ZeRO-{stage} and this job has "
+            f"{world_size}: DeepSpeed's ZeRO-{stage} optimizer state is partitioned over the ranks that wrote it and "
+            f"cannot be loaded by another number of ranks. Resume with {written_by} ranks (sparse_dist reshards its "
+            f"own pruning and teacher state), or use a new job.run_dir")
+
+
+def check_run_dir(directory: Path, signature: dict[str, Any], world_size: int, resume: bool, max_steps: int) -> None:
+    """Refuse to start a run with ``signature`` beside the checkpoints in ``directory`` (a run's
+    ``checkpoints/``) when they cannot be its own: a :class:`ConfigError` naming the key. Reads manifests
+    only, so it runs before any process group and before anything in the run directory is written."""
+    for path in candidates(Path(directory)):
+        manifest = _read_manifest(path)
+        if manifest is None:
+            continue  # unreadable: loading skips it for the previous one, and so does this check
+        if not resume:
+            raise ConfigError(f"checkpoint.resume: false, but {directory} holds checkpoints up to step "
+                              f"{manifest['step']}, which a new run would mix with its own. Use a new job.run_dir, "
+                              f"or delete {directory} to start over in this one")
+        check_manifest(path, manifest, signature, world_size)
+        if manifest["step"] > max_steps:
+            raise ConfigError(f"training.max_steps: {path} is at step {manifest['step']}, past training.max_steps="
+                              f"{max_steps}; a run cannot be shortened after the fact")
+        return
+
+
+COMPLETED = "COMPLETED"
+"""The marker ``<run_dir>/COMPLETED``: the run with this signature reached its ``training.max_steps``."""
+
+
+def completion_mismatch(run_dir: Path, signature: dict[str, Any], max_steps: int) -> str | None:
+    """Why ``<run_dir>/COMPLETED`` does not describe the run with ``signature`` and ``max_steps`` (None
+    when it does): a marker left by a shorter run, or by another run, does not make this one complete."""
+    path = Path(run_dir) / COMPLETED
+    if not path.is_file():
+        return f"{path} does not exist"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return f"{path} is unreadable"
+    if record.get("steps") != max_steps:
+        return f"{path} records {record.get('steps')} steps and training.max_steps is {max_steps}"
+    differences = signature_differences(record.get("signature") or {}, signature)
+    if differences:
+        return f"{path} records another run: {'; '.join(differences)}"
+    return None
 
 
 class Checkpointer:
@@ -120,9 +239,7 @@ class Checkpointer:
 
     def complete_checkpoints(self) -> list[Path]:
         """Checkpoint directories that have a manifest, oldest first."""
-        if not self.directory.is_dir():
-            return []
-        return sorted(p for p in self.directory.glob("step*") if (p / MANIFEST).is_file())
+        return complete_checkpoints(self.directory)
 
     def verify(self, path: Path, share: tuple[int, int] = (0, 1)) -> dict[str, Any]:
         """The manifest of ``path`` after checking files' sizes and hashes; raises CheckpointError.
@@ -159,38 +276,24 @@ class Checkpointer:
 
     def candidates(self) -> list[Path]:
         """Checkpoints to try, newest first: the one ``latest`` names, then older complete ones."""
-        complete = self.complete_checkpoints()
-        marker = self.directory / LATEST
-        if marker.is_file():
-            named = self.directory / marker.read_text().strip()
-            complete = [p for p in complete if p.name <= named.name]
-        return list(reversed(complete))
+        return candidates(self.directory)
 
-    def load_latest(self, engine, zero_stage: int) -> tuple[int, list[dict[str, Any]]] | None:
+    def load_latest(self, engine) -> tuple[int, list[dict[str, Any]]] | None:
         """Restore the newest good checkpoint into ``engine``; return (step, trainer states).
 
         The states are ``[this rank's own]`` when the world size is unchanged, else every rank's that
         wrote the checkpoint (for resharding the pruning state). Returns None when there is no
         checkpoint. A checkpoint that fails verification is reported with its path and skipped for the
-        previous one. All ranks call; they agree on the choice.
+        previous one; one of another run is refused (:func:`check_manifest`). All ranks call; they agree
+        on the choice.
         """
         for path in self.candidates():
             problem, manifest = self._verify_collectively(path)
             if problem is not None:
                 log.warning("checkpoint %s is not usable: %s; trying the previous one", path, problem)
                 continue
-            if manifest.get("signature") != self.signature:
-                raise CheckpointError(
-                    f"{path} belongs to a different run ({manifest.get('signature')}), not {self.signature}; "
-                    "use a new job.run_dir, or checkpoint.resume=false to start over")
+            check_manifest(path, manifest, self.signature, self.env.world_size)
             written_by = manifest["world_size"]
-            if written_by != self.env.world_size and zero_stage > 0:
-                raise CheckpointError(
-                    f"{path} was written by {written_by} ranks under ZeRO-{zero_stage} and this job has "
-                    f"{self.env.world_size}: DeepSpeed's ZeRO-{zero_stage} optimizer state is partitioned over the "
-                    f"ranks that wrote it and cannot be loaded by another number of ranks. Resume with "
-                    f"{written_by} ranks (sparse_dist reshards its own pruning and teacher state), or start over "
-                    "with checkpoint.resume=false")
             load_path, _ = engine.load_checkpoint(str(self.directory), tag=path.name, load_optimizer_states=True,
                                                   load_lr_scheduler_states=True)
             if load_path is None:

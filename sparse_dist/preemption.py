@@ -1,10 +1,12 @@
 """Stopping cleanly when a cluster asks: SIGTERM (preemption, scancel) and SIGUSR1 (SLURM's warning
 before the time limit, ``#SBATCH --signal``).
 
-The handler only raises a flag. At the next step boundary all ranks agree (one tiny all-reduce: a rank
-may see the signal a step earlier than another), save a checkpoint and stop; nothing after the last
-completed step is lost. A stopped run exits with :data:`RESUMABLE_EXIT` and writes no completion marker,
-so a job script knows to requeue it; restarting the same command continues from the checkpoint.
+The handler only raises a flag. It is installed for the whole of ``Trainer.train``, from the resume to
+the exported model: at the next step boundary, or once the final evaluation, checkpoint or export under
+way is done, all ranks agree (one tiny all-reduce: a rank may see the signal a step earlier than another),
+save a checkpoint of the last completed step and stop; nothing after it is lost. A stopped run exits with
+:data:`RESUMABLE_EXIT` and writes no completion marker, so a job script knows to requeue it; restarting
+the same command continues from the checkpoint.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class StopRequest:
 
     def _handle(self, signum, frame) -> None:
         if self.signal is None:
-            log.warning("received %s: saving a checkpoint at the end of this step, then stopping",
+            log.warning("received %s: saving a checkpoint of the last completed step, then stopping",
                         signal.Signals(signum).name)
         self.signal = signum
 

@@ -20,10 +20,16 @@ from typing import Any
 import deepspeed
 import torch
 import torch.distributed as dist
-from deepspeed.accelerator import get_accelerator
 from torch.optim.lr_scheduler import LambdaLR
 
-from sparse_dist.checkpoint import Checkpointer, rng_state, set_rng_state
+from sparse_dist.checkpoint import (
+    COMPLETED,
+    Checkpointer,
+    check_run_dir,
+    rng_state,
+    run_signature,
+    set_rng_state,
+)
 from sparse_dist.config import OptimizerConfig, RunConfig, dump_config
 from sparse_dist.data.sampler import TrainBatchSampler
 from sparse_dist.data.task_data import build_task_data, build_train_loader
@@ -32,7 +38,7 @@ from sparse_dist.distill.build import build_distiller
 from sparse_dist.distill.losses import loss_units
 from sparse_dist.distributed.comm import TorchCommunicator
 from sparse_dist.distributed.deepspeed_config import build_deepspeed_config, resolve_precision
-from sparse_dist.distributed.env import DistEnv, main_process_first
+from sparse_dist.distributed.env import DistEnv, device_capabilities, main_process_first
 from sparse_dist.distributed.gather import full_shape
 from sparse_dist.distributed.grad_norm import GradNormMeter
 from sparse_dist.evaluation import Evaluator
@@ -96,16 +102,20 @@ class Trainer:
         self.config = config
         self.env = env
         self.run_dir = Path(config.job.run_dir)
-        if env.is_main:
-            dump_config(config, self.run_dir / "config.yaml")
         on_gpu = env.on_gpu
-        self.precision = resolve_precision(config.training, on_gpu, on_gpu and get_accelerator().is_bf16_supported())
+        self.precision = resolve_precision(config.training, on_gpu, device_capabilities()[1])
         self.ds_config = build_deepspeed_config(config.training, config.optimizer, config.zero, env.world_size,
                                                 self.precision, on_gpu)
         self.task = get_task(config.data.task)
         self.comm = TorchCommunicator()
         self.built = build_model(config.model, self.task, self.ds_config, config.job.seed)
         self.pruner = build_pruner(config.pruning, self.built.pretrained, config.training.max_steps, self.comm)
+        # Nothing is written into the run directory before its checkpoints are known to be this run's.
+        signature = run_signature(config, self.precision, [f"{s.name}{list(s.shape)}" for s in self.pruner.sites])
+        check_run_dir(self.run_dir / "checkpoints", signature, env.world_size, config.checkpoint.resume,
+                      config.training.max_steps)
+        if env.is_main:
+            dump_config(config, self.run_dir / "config.yaml")
         self.pruner.prepare(self.built.model)
         with main_process_first(env):
             self.task_data = build_task_data(config.data, self.task, self.built.tokenizer, self.built.kind)
@@ -116,7 +126,6 @@ class Trainer:
                                          self.pruner, self.ds_config, self.comm, env, config.job.seed)
         self.evaluator = Evaluator(self.task_data, config.eval, env, self.built.tokenizer, config.zero.stage)
         self.metrics = build_metrics_logger(self.run_dir, config.metrics.tensorboard, env.is_main)
-        signature = {"model": config.model.name_or_path, "task": config.data.task, "zero_stage": config.zero.stage}
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", config.checkpoint.keep_last, env, signature)
         self.step = 0
         self.result = TrainResult(steps=0)
@@ -147,10 +156,48 @@ class Trainer:
     # --- the loop ---------------------------------------------------------------------------------
 
     def train(self) -> TrainResult:
-        """Run (or finish) training; returns the same result on every rank. All ranks call."""
+        """Run (or finish) training; returns the same result on every rank. All ranks call.
+
+        From the resume to the exported model, SIGTERM and SIGUSR1 stop the run with a checkpoint of its
+        last completed step: at the next step boundary, or once the final evaluation, checkpoint or export
+        under way is done. The result then says ``stopped``; restarting the same command resumes.
+        """
         start_time = time.perf_counter()
-        if not (self.config.checkpoint.resume and self._resume()):
-            self.pruner.start()
+        with StopRequest(self.env.device) as stop:
+            if not (self.config.checkpoint.resume and self._resume()):
+                self.pruner.start()
+            self._withdraw_completion_marker()
+            stopped = self._loop(stop) or self._finish(stop)
+        self.result.wall_time_s = time.perf_counter() - start_time
+        self.metrics.close()
+        if stopped:
+            self.result.stopped = True
+            log.warning("stopped after step %d; restart the same command to resume", self.step)
+            return self.result
+        self._print_summary()
+        return self.result
+
+    def _finish(self, stop: StopRequest) -> bool:
+        """Final evaluation, checkpoint, export and completion marker; True if a signal stopped the run on
+        the way (after the checkpoint of the last step, which a restart finishes from)."""
+        if self.result.evals and self.result.evals[-1][0] == self.step:  # evaluated before its checkpoint was saved
+            self.result.final_metrics = self.result.evals[-1][1]
+        else:
+            self.result.final_metrics = self.evaluate()
+        self.save_checkpoint()
+        if stop.agreed():
+            return True
+        if self.config.checkpoint.save_final_model:
+            self.export(self.run_dir / "final")
+            if stop.agreed():
+                return True
+        self.result.sparsity = self.pruner.achieved()
+        self.result.steps = self.step
+        self._write_completion_marker()
+        return False
+
+    def _loop(self, stop: StopRequest) -> bool:
+        """Train to ``max_steps``; True if stopped early by a signal (after saving a checkpoint)."""
         max_steps = self.config.training.max_steps
         sampler = TrainBatchSampler(len(self.task_data.train), self.config.training.global_batch_size,
                                     self.config.training.micro_batch_size, self.env.rank, self.env.world_size,
@@ -159,29 +206,6 @@ class Trainer:
         self.engine.train()  # from_pretrained returns the model in eval mode (dropout off)
         bar = build_progress_bar(max_steps, self.step, self.config.metrics.progress_bar, self.env.is_main)
         window_start, window_steps = time.perf_counter(), 0
-        with StopRequest(self.env.device) as stop:
-            stopped = self._loop(batches, bar, stop, max_steps, window_start, window_steps)
-        bar.close()
-        if stopped:  # SIGTERM/SIGUSR1: the checkpoint is written; restarting the same command resumes
-            self.result.stopped = True
-            self.result.wall_time_s = time.perf_counter() - start_time
-            self.metrics.close()
-            log.warning("stopped after step %d; restart the same command to resume", self.step)
-            return self.result
-        self.result.final_metrics = self.evaluate()
-        self.save_checkpoint()
-        if self.config.checkpoint.save_final_model:
-            self.export(self.run_dir / "final")
-        self.result.sparsity = self.pruner.achieved()
-        self.result.steps = self.step
-        self.result.wall_time_s = time.perf_counter() - start_time
-        self.metrics.close()
-        self._write_completion_marker()
-        self._print_summary()
-        return self.result
-
-    def _loop(self, batches, bar, stop: StopRequest, max_steps: int, window_start: float, window_steps: int) -> bool:
-        """Train to ``max_steps``; True if stopped early by a signal (after saving a checkpoint)."""
         while self.step < max_steps:
             self._accumulate(self.train_step([next(batches) for _ in range(self.config.grad_accum_steps)]))
             self.step += 1
@@ -200,18 +224,28 @@ class Trainer:
             window_start += time.perf_counter() - pause  # samples/s counts training time only
             if stop.agreed():
                 self.save_checkpoint()
+                bar.close()
                 return True
+        bar.close()
         return False
 
     def _write_completion_marker(self) -> None:
-        """<run_dir>/COMPLETED: the run reached its last step (job scripts requeue until it exists)."""
+        """<run_dir>/COMPLETED: this run (its signature) reached its last step; job scripts requeue until a
+        marker matching their config exists (:func:`~sparse_dist.checkpoint.completion_mismatch`)."""
         if self.env.is_main:
             schedule = getattr(self.pruner, "schedule", None)
             evals = [{"step": step, "target_remaining": schedule.remaining(step) if schedule else 1.0, **metrics}
                      for step, metrics in self.result.evals]
-            summary = {"steps": self.step, "final": self.result.final_metrics, "best": self.result.best_metric,
-                       "sparsity": self.result.sparsity, "evals": evals}
-            (self.run_dir / "COMPLETED").write_text(json.dumps(summary, indent=1))
+            summary = {"steps": self.step, "max_steps": self.config.training.max_steps,
+                       "signature": self.checkpointer.signature, "final": self.result.final_metrics,
+                       "best": self.result.best_metric, "sparsity": self.result.sparsity, "evals": evals}
+            (self.run_dir / COMPLETED).write_text(json.dumps(summary, indent=1))
+
+    def _withdraw_completion_marker(self) -> None:
+        """A run that trains on (a finished run extended) is not complete until it ends again: a marker
+        left by its shorter self must not tell a job script otherwise."""
+        if self.env.is_main and self.step < self.config.training.max_steps:
+            (self.run_dir / COMPLETED).unlink(missing_ok=True)
 
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """One optimizer step over this rank's micro-batches, then the pruner's step. All ranks call.
@@ -325,7 +359,7 @@ class Trainer:
 
     def _resume(self) -> bool:
         """Restore the latest checkpoint if there is one; True if a run was resumed."""
-        restored = self.checkpointer.load_latest(self.engine, self.config.zero.stage)
+        restored = self.checkpointer.load_latest(self.engine)
         if restored is None:
             return False
         self.step, states = restored

@@ -112,8 +112,9 @@ def test_data_errors_name_the_file(tmp_path):
 
 
 def test_missing_local_dir_falls_back_to_the_hub_with_a_warning(tmp_path, caplog):
-    # Offline (as in the tests) the hub attempt fails; what matters is that the fallback is announced.
-    with pytest.raises(ConnectionError):
+    # Offline (as in the tests) the hub attempt fails, as a data error of one line naming the dataset.
+    with pytest.raises(DataError, match=r"^nyu-mll/glue/rte:validation: cannot be loaded from the hub \(the hub is "
+                                        r"offline: HF_HUB_OFFLINE/HF_DATASETS_OFFLINE\): [^\n]+$"):
         load_split(get_task("rte"), "validation", str(tmp_path / "nowhere"))
     assert "does not exist; loading nyu-mll/glue/rte from the hub instead" in caplog.text
 

@@ -6,6 +6,7 @@ resumed run to end bit for bit where the uninterrupted one does.
 """
 
 import hashlib
+import json
 import os
 import signal
 from pathlib import Path
@@ -15,10 +16,12 @@ import torch.distributed as dist
 from harness import run_distributed
 
 from runs import tiny_config
-from sparse_dist.checkpoint import Checkpointer, CheckpointError
+from sparse_dist.checkpoint import Checkpointer
+from sparse_dist.config import ConfigError
 from sparse_dist.distributed.env import init_distributed
 from sparse_dist.distributed.gather import full_master, iter_full_parameters
 from sparse_dist.distributed.reshard import assemble
+from sparse_dist.preflight import incomplete_because
 from sparse_dist.pruning.export import full_masks
 from sparse_dist.trainer import Trainer
 
@@ -217,7 +220,7 @@ def resume_elsewhere(stage: int, run_dir: str) -> str:
     env = init_distributed()
     try:
         Trainer(config_for(run_dir, stage, env.world_size), env).train()
-    except CheckpointError as error:
+    except ConfigError as error:
         return str(error)
     return ""
 
@@ -228,3 +231,105 @@ def test_a_zero_checkpoint_says_clearly_that_it_needs_its_world_size(tmp_path):
     message = run_distributed(resume_elsewhere, 1, 2, run_dir)[0]
     assert "written by 2 ranks under ZeRO-2 and this job has 1" in message
     assert "Resume with 2 ranks" in message
+
+
+def files(run_dir: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(run_dir)): (p.stat().st_size, p.stat().st_mtime_ns) for p in run_dir.rglob("*")
+            if p.is_file()}
+
+
+def restart_with_another_method(run_dir: str) -> dict:
+    """A finished magnitude run, restarted in its run directory with a movement config, then exported."""
+    from launch.export import main as export_main
+
+    env = init_distributed()
+    pruning = {"scope": "global", "target_remaining": 0.5}
+    finished = tiny_config(run_dir, world_size=env.world_size, training={"max_steps": 2},
+                           pruning={"method": "magnitude", **pruning})
+    Trainer(finished, env).train()
+    before = files(Path(run_dir))
+    movement = tiny_config(run_dir, world_size=env.world_size, training={"max_steps": 2},
+                           pruning={"method": "movement", **pruning})
+    try:
+        Trainer(movement, env).train()
+        refusal = None
+    except Exception as error:  # noqa: BLE001 - the test says which kind of failure it was
+        refusal = (type(error).__name__, str(error))
+    after = files(Path(run_dir))
+    export_status = export_main(["--run-dir", run_dir, "--out", f"{run_dir}_export"])
+    return {"refusal": refusal, "unchanged": before == after, "export_status": export_status}
+
+
+def test_a_finished_run_restarted_as_another_run_is_refused_and_left_intact(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_distributed(restart_with_another_method, 1, str(run_dir))[0]
+    kind, message = result["refusal"]
+    assert kind == "ConfigError", message
+    assert message.startswith(f"job.run_dir: {run_dir / 'checkpoints' / 'step00000002'} is a checkpoint of another "
+                              "run: pruning.method is 'magnitude' there, 'movement' here")
+    assert result["unchanged"]  # config.yaml, checkpoints, COMPLETED, TensorBoard: nothing written
+    assert result["export_status"] == 0 and (tmp_path / "run_export" / "model" / "config.json").is_file()
+
+
+def signalled_before(trainer: Trainer, method: str, signum: int) -> None:
+    """Send ``signum`` to this process as ``trainer.<method>`` starts (the handler only raises a flag)."""
+    original = getattr(trainer, method)
+
+    def call(*args, **kwargs):
+        if method != "train_step" or trainer.step + 1 == 3:
+            os.kill(os.getpid(), signum)
+        return original(*args, **kwargs)
+
+    setattr(trainer, method, call)
+
+
+def signals_outside_the_step_loop(root: str) -> dict:
+    """SIGTERM during the final evaluation and during the export of runs without periodic checkpoints,
+    then a restart; and a finished run extended to more steps, sent USR1 at step 3 of 4."""
+    env = init_distributed()
+    out = {}
+    for phase, method in (("evaluation", "evaluate"), ("export", "export")):
+        run_dir = f"{root}/{phase}"
+        config = tiny_config(run_dir, world_size=env.world_size, checkpoint={"save_final_model": True})
+        trainer = Trainer(config, env)
+        signalled_before(trainer, method, signal.SIGTERM)
+        stopped = trainer.train()
+        out[phase] = {"stopped": stopped.stopped, "steps": trainer.step,
+                      "saved": sorted(p.name for p in (Path(run_dir) / "checkpoints").glob("step*")),
+                      "marker": (Path(run_dir) / "COMPLETED").exists()}
+        finished = Trainer(config, env).train()
+        out[phase].update(restarted_steps=finished.steps, restarted_stopped=finished.stopped,
+                          final=finished.final_metrics, marker_after_restart=(Path(run_dir) / "COMPLETED").exists())
+
+    run_dir = f"{root}/extended"
+    Trainer(tiny_config(run_dir, world_size=env.world_size, training={"max_steps": 2}), env).train()
+    marker = json.loads((Path(run_dir) / "COMPLETED").read_text())
+    extended = tiny_config(run_dir, world_size=env.world_size, training={"max_steps": 4})
+    trainer = Trainer(extended, env)
+    signalled_before(trainer, "train_step", signal.SIGUSR1)
+    out["extended"] = {"first_marker_steps": marker["steps"], "stopped": trainer.train().stopped,
+                       "step": trainer.step, "marker": (Path(run_dir) / "COMPLETED").exists(),
+                       "incomplete_because": incomplete_because(extended)}
+    return out
+
+
+@pytest.fixture(scope="module")
+def late_signals(tmp_path_factory):
+    return run_distributed(signals_outside_the_step_loop, 1, str(tmp_path_factory.mktemp("late_signals")))[0]
+
+
+@pytest.mark.parametrize("phase", ["evaluation", "export"])
+def test_a_signal_after_the_last_step_saves_it_and_a_restart_finishes(late_signals, phase):
+    record = late_signals[phase]
+    assert record["stopped"] and record["steps"] == 3
+    assert record["saved"] == ["step00000003"] and not record["marker"]  # the only checkpoint: the signal's
+    assert record["restarted_steps"] == 3 and not record["restarted_stopped"] and record["marker_after_restart"]
+    assert "accuracy" in record["final"]
+
+
+def test_a_finished_run_extended_is_not_complete_until_it_ends_again(late_signals, tmp_path):
+    record = late_signals["extended"]
+    assert record["first_marker_steps"] == 2
+    assert record["stopped"] and record["step"] == 3
+    assert not record["marker"]  # the 2-step run's marker went when training went on
+    assert record["incomplete_because"].endswith("COMPLETED does not exist")

@@ -3,7 +3,11 @@
 Every split comes back as a ``datasets.Dataset`` with the canonical columns
 ``text_a``, ``text_b`` (pairs only) and ``label`` for GLUE, or ``triples``, ``references`` and
 ``category`` for WebNLG, plus ``idx`` (the row's position in the split). Problems with the files (a
-missing file or column, an unknown label, an empty split) raise :class:`DataError` with the path.
+missing file or column, an unknown label, an empty split) raise :class:`DataError` with the path (and
+the row); a split the hub cannot give (offline, not cached) raises it with the dataset's name.
+:func:`check_data_source` is the part of that which can be seen without reading the data (the local
+files exist, their header has the columns, the hub is reachable when they are missing), for the checks
+that run before any rank starts.
 """
 
 from __future__ import annotations
@@ -11,12 +15,14 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Any
 
 import datasets
 
+from sparse_dist.config import ConfigError
 from sparse_dist.data.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -36,6 +42,44 @@ def resolve_local_dir(task: TaskSpec, local_dir: str | None) -> Path | None:
     log.warning("data.local_dir: %s does not exist; loading %s/%s from the hub instead", path, task.hub_path,
                 task.hub_name)
     return None
+
+
+def hub_offline() -> bool:
+    """True when the hub must not be reached (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE set)."""
+    return any(os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+               for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def check_data_source(task: TaskSpec, local_dir: str | None) -> None:
+    """What can be known about a task's data without reading it: with ``data.local_dir`` set, either the
+    task's files are there (each split's file, its header naming the columns) or the hub can be asked.
+    Raises :class:`ConfigError` naming ``data.local_dir`` and the file."""
+    if local_dir is None or task.local is None:
+        return
+    directory = Path(local_dir) / task.local.directory
+    if not directory.is_dir():
+        if hub_offline():
+            raise ConfigError(f"data.local_dir: {directory} does not exist, and the hub is offline "
+                              f"(HF_HUB_OFFLINE/HF_DATASETS_OFFLINE), so {task.name} cannot be loaded")
+        return  # load_split says it falls back to the hub
+    splits = (task.train_split, *task.dev_splits)
+    for split in splits:
+        if split not in task.local.files:
+            raise ConfigError(f"data.local_dir: task {task.name} has no {split} split in the local layout")
+        path = directory / task.local.files[split]
+        if task.kind == "generation":
+            if not any(path.glob("*triples/*.xml")):
+                raise ConfigError(f"data.local_dir: {path}: no WebNLG files (expected <N>triples/<Category>.xml)")
+            continue
+        if not path.is_file():
+            raise ConfigError(f"data.local_dir: {path}: file not found (task {task.name}, split {split})")
+        if task.local.header:
+            with path.open(encoding="utf-8-sig") as handle:
+                header = handle.readline().rstrip("\r\n").split("\t")
+            missing = [name for name in task.local.columns.values() if name not in header]
+            if missing:
+                raise ConfigError(f"data.local_dir: {path}: missing column {missing[0]!r} (columns: "
+                                  f"{', '.join(header)})")
 
 
 def load_split(task: TaskSpec, split: str, local_dir: str | None, limit: int | None = None) -> datasets.Dataset:
@@ -81,8 +125,18 @@ def _load_glue_local(task: TaskSpec, split: str, directory: Path,
     return _canonical_glue(task, _first(raw, limit), layout.columns, str(path)), str(path)
 
 
+def _load_hub(task: TaskSpec, split: str) -> datasets.Dataset:
+    try:
+        return datasets.load_dataset(task.hub_path, task.hub_name, split=split)
+    except (ConnectionError, OSError, ValueError) as error:  # offline and not cached, unknown name, no network
+        first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        offline = " (the hub is offline: HF_HUB_OFFLINE/HF_DATASETS_OFFLINE)" if hub_offline() else ""
+        raise DataError(f"{task.hub_path}/{task.hub_name}:{split}: cannot be loaded from the hub{offline}: "
+                        f"{first}") from None
+
+
 def _load_glue_hub(task: TaskSpec, split: str, limit: int | None) -> datasets.Dataset:
-    raw = datasets.load_dataset(task.hub_path, task.hub_name, split=split)
+    raw = _load_hub(task, split)
     return _canonical_glue(task, _first(raw, limit), task.hub_columns, f"{task.hub_path}/{task.hub_name}:{split}")
 
 
@@ -185,7 +239,7 @@ def _parse_webnlg_file(path: Path) -> tuple[dict[str, list], int]:
 
 
 def _load_webnlg_hub(task: TaskSpec, split: str) -> datasets.Dataset:
-    raw = datasets.load_dataset(task.hub_path, task.hub_name, split=split)
+    raw = _load_hub(task, split)
     return raw.map(webnlg_hub_to_canonical, batched=True, remove_columns=raw.column_names)
 
 

@@ -120,7 +120,7 @@ TASKS: dict[str, TaskSpec] = {
         dev_splits=("validation_matched", "validation_mismatched"),
         local=_tsv("MNLI", {"text_a": "sentence1", "text_b": "sentence2", "label": "gold_label"},
                    dev={"validation_matched": "dev_matched.tsv", "validation_mismatched": "dev_mismatched.tsv"}),
-        words=("Yes", "Maybe", "No")),
+        words=("Yes", "Maybe", "No")),  # natural reading; SMP's code binds them otherwise (models/label_words.py)
     "qnli": _glue(
         "qnli", columns={"text_a": "question", "text_b": "sentence", "label": "label"}, labels=_ENTAILMENT,
         text_fields=("question", "sentence"),

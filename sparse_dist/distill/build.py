@@ -8,7 +8,7 @@ from sparse_dist.config import DistillConfig, ModelConfig
 from sparse_dist.data.tasks import TaskSpec
 from sparse_dist.distill.distiller import Distiller, ExternalDistillation, SelfRegularization
 from sparse_dist.distill.teacher import MaskTeacher, OffloadedTeacher
-from sparse_dist.models.build import build_model
+from sparse_dist.models.build import build_model, teacher_head
 
 
 def build_distiller(config: DistillConfig, model_cfg: ModelConfig, task: TaskSpec, built, engine, pruner,
@@ -16,11 +16,13 @@ def build_distiller(config: DistillConfig, model_cfg: ModelConfig, task: TaskSpe
     """No distillation, an external teacher, or self-regularization (PINS). All ranks call."""
     regression = task.kind == "regression"
 
-    def offloaded(name_or_path: str) -> OffloadedTeacher:
-        teacher_cfg = replace(model_cfg, name_or_path=name_or_path, gradient_checkpointing=False)
-        return OffloadedTeacher(lambda ds: build_model(teacher_cfg, task, ds, seed), ds_config, env.on_gpu)
+    def offloaded(name_or_path: str, head: str, key: str) -> OffloadedTeacher:
+        teacher_cfg = replace(model_cfg, name_or_path=name_or_path, head=head, gradient_checkpointing=False)
+        return OffloadedTeacher(lambda ds: build_model(teacher_cfg, task, ds, seed, key=key), ds_config, env.on_gpu)
 
-    external = offloaded(config.teacher) if config.teacher else None
+    external = None
+    if config.teacher:
+        external = offloaded(config.teacher, teacher_head(config.teacher, model_cfg.head), "distill.teacher")
     if not config.self_regularization:
         return ExternalDistillation(config, external, regression) if external else Distiller()
     if pruner.freezes_weights:  # SMP's weights never change: a teacher is an older mask
@@ -28,5 +30,5 @@ def build_distiller(config: DistillConfig, model_cfg: ModelConfig, task: TaskSpe
             return MaskTeacher(engine.module, pruner, comm)
     else:
         def make_teacher():
-            return offloaded(model_cfg.name_or_path)
+            return offloaded(model_cfg.name_or_path, model_cfg.head, "model.name_or_path")
     return SelfRegularization(config, make_teacher, built.model, regression, external=external)

@@ -4,6 +4,14 @@
 and SLURM-started launchers all end up in :func:`init_distributed`, which returns a :class:`DistEnv`
 describing this process. The backend and device come from DeepSpeed's accelerator: NCCL and a GPU
 where there is one, gloo and the CPU otherwise.
+
+A rank never joins a rendezvous store that is not its job's. Under ``torchrun`` the store is the
+agent's (the job scripts make the first node host it or fail, see ``slurm/common.sh``). Otherwise
+(``env://``: the deepspeed launcher, :func:`~sparse_dist.distributed.spawn.run_distributed`) rank 0
+creates the store at MASTER_ADDR:MASTER_PORT, and a port already taken stops it with one line instead of
+the silent fallback to joining; it writes a token that every rank of the job shares (the job id, or the
+launcher process that started all ranks on one machine), and the other ranks join only a store holding
+that token. A one-process run always takes a free loopback port of its own.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import socket
 import sys
 import warnings
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -45,33 +54,103 @@ def launcher_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def device_capabilities() -> tuple[bool, bool]:
+    """(this process computes on an accelerator, that accelerator supports bf16), from DeepSpeed's
+    accelerator, as :func:`init_distributed` will pick it. Needs no process group."""
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    on_accelerator = accelerator.device_name() != "cpu"
+    return on_accelerator, on_accelerator and bool(accelerator.is_bf16_supported())
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
+class RendezvousError(RuntimeError):
+    """This job's ranks cannot meet: the port is taken, or the store there is another job's. One line."""
+
+
+_JOB_KEY = "sparse_dist/job"
+_TOKEN_WAIT = timedelta(seconds=60)  # rank 0 writes the token right after creating the store
+
+
+def _job_token() -> str | None:
+    """What every rank of this job shares and no other job's ranks have; None if the environment cannot
+    tell (a multi-node launch that names no job)."""
+    if os.environ.get("SPARSE_DIST_JOB_ID"):
+        return f"job {os.environ['SPARSE_DIST_JOB_ID']}"
+    if os.environ.get("SLURM_JOB_ID"):
+        return f"SLURM job {os.environ['SLURM_JOB_ID']}.{os.environ.get('SLURM_STEP_ID', 'batch')}"
+    local = os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE"))
+    if local is not None and local == os.environ.get("WORLD_SIZE"):
+        return f"launcher {socket.gethostname()}:{os.getppid()}"  # one process started every rank
+    return None
+
+
+def _job_store(rank: int, world_size: int, timeout: timedelta) -> dist.Store:
+    """This job's store at MASTER_ADDR:MASTER_PORT, created by rank 0 and joined by the others only if it
+    carries this job's token (:class:`RendezvousError` otherwise). All ranks call."""
+    addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    token = _job_token()
+    try:
+        store = dist.TCPStore(addr, port, world_size, is_master=rank == 0, timeout=timeout, wait_for_workers=False)
+    except RuntimeError as error:  # DistNetworkError: the port is taken (rank 0) or nobody listens (others)
+        if rank == 0 and "EADDRINUSE" in str(error):
+            raise RendezvousError(f"MASTER_PORT {port} on {addr} is already in use, by another job's rendezvous "
+                                  "store or another program; this job does not join a store it did not create. "
+                                  "Choose a free port (--master_port)") from None
+        first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise RendezvousError(f"rank {rank} cannot {'create' if rank == 0 else 'reach'} the rendezvous store at "
+                              f"{addr}:{port}: {first}") from None
+    if token is not None:
+        if rank == 0:
+            store.set(_JOB_KEY, token)
+        else:
+            try:
+                store.wait([_JOB_KEY], _TOKEN_WAIT)
+                found = store.get(_JOB_KEY).decode()
+            except RuntimeError:
+                found = None
+            if found != token:
+                owner = f"belongs to {found}" if found else "carries no job token"
+                raise RendezvousError(f"the rendezvous store at {addr}:{port} {owner}, not to this job ({token}): "
+                                      "MASTER_PORT is another job's; refusing to join it")
+    return dist.PrefixStore(f"sparse_dist/{token}/", store)
+
+
 def init_distributed() -> DistEnv:
     """Start (or join) the process group and pick this rank's device. All ranks must call it.
 
-    Without launcher variables this is a one-process group on a free local port, so that the rest of
-    the code never special-cases "not distributed".
+    Without launcher variables this is a one-process group on a free loopback port, so that the rest of
+    the code never special-cases "not distributed". Raises :class:`RendezvousError` rather than joining
+    a store that is not this job's (see the module docstring).
     """
     from deepspeed import init_distributed as ds_init_distributed
     from deepspeed.accelerator import get_accelerator
+    from deepspeed.constants import default_pg_timeout
 
     if "RANK" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        # Not the MASTER_PORT a surrounding job may have exported: nobody else is to meet here.
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(_free_port()))
     accelerator = get_accelerator()
     backend = accelerator.communication_backend_name()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if accelerator.device_name() != "cpu":
         accelerator.set_device(local_rank)
-    if not dist.is_initialized():
-        ds_init_distributed(dist_backend=backend, verbose=False)
     device = torch.device(accelerator.device_name(local_rank) if accelerator.device_name() != "cpu" else "cpu")
+    if not dist.is_initialized() and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        store = _job_store(rank, world_size, default_pg_timeout)
+        bind = {"device_id": device} if device.type == "cuda" and world_size > 1 else {}  # as DeepSpeed does
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=default_pg_timeout,
+                                **bind)
+    # DeepSpeed adopts the group made above; under torchrun it makes it, env:// on the agent's store.
+    ds_init_distributed(dist_backend=backend, verbose=False)
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # Ranks sharing a machine share its cores; one thread pool per rank of all cores oversubscribes.
         local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", "1")))

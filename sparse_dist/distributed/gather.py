@@ -8,7 +8,8 @@ parameter beyond the partitioned model; the result goes to host memory on the ra
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 from deepspeed import zero
@@ -26,6 +27,14 @@ def full_shape(param: torch.nn.Parameter) -> torch.Size:
 
 def full_numel(param: torch.nn.Parameter) -> int:
     return param.ds_numel if is_partitioned(param) else param.numel()
+
+
+@contextlib.contextmanager
+def gathered_for_update(params: Sequence[torch.nn.Parameter]):
+    """Make ``params`` whole and writable for the block; under ZeRO-3 what rank 0 holds at the end is
+    partitioned back to every rank. All ranks enter. Stages: 0-3 (below 3 the parameters are whole)."""
+    with zero.GatheredParameters(list(params), modifier_rank=0, enabled=any(is_partitioned(p) for p in params)):
+        yield
 
 
 def iter_full_parameters(module: torch.nn.Module, keep: bool = True) -> Iterator[tuple[str, torch.Tensor | None]]:

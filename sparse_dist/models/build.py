@@ -29,9 +29,10 @@ from transformers import (
 )
 from transformers import logging as hf_logging
 
-from sparse_dist.config import ModelConfig
+from sparse_dist.config import ConfigError, ModelConfig
 from sparse_dist.data.encode import ModelKind
 from sparse_dist.data.tasks import TaskSpec
+from sparse_dist.models.label_order import apply_label_order, checkpoint_labels, compute_label_order
 from sparse_dist.models.label_words import build_label_word_classifier
 from sparse_dist.models.tiny import tiny_checkpoint, tiny_model_names
 
@@ -82,19 +83,53 @@ def model_kind(config: PretrainedConfig) -> ModelKind:
     return "seq2seq" if config.model_type in SEQ2SEQ_MODEL_TYPES else "encoder"
 
 
-def build_model(model_cfg: ModelConfig, task: TaskSpec, deepspeed_config: dict[str, Any], seed: int) -> BuiltModel:
+def load_checkpoint_config(name_or_path: str, key: str = "model.name_or_path") -> PretrainedConfig:
+    """The transformers config of a model (no weights): cheap, and enough to check it before any rank starts.
+    Raises :class:`ConfigError` naming ``key`` when it cannot be found (offline and not cached, a typo)."""
+    source = resolve_model_source(name_or_path)
+    try:
+        return AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise ConfigError(f"{key}: cannot load {name_or_path!r}: {first}") from None
+
+
+def check_model_for_task(config: PretrainedConfig, task: TaskSpec, name: str, head: str,
+                         key: str = "model.name_or_path") -> list[int] | None:
+    """Refuse a model that cannot serve ``task`` with ``head`` (an encoder for a generation task, a
+    classifier of other classes); return the order that puts a fine-tuned classifier's outputs in the
+    task's class order (None: already in order). Raises :class:`ConfigError` naming ``key``."""
+    kind = model_kind(config)
+    if kind == "encoder" and task.kind == "generation":
+        raise ConfigError(f"{key}: {name} is an encoder ({config.model_type}); task {task.name} needs a "
+                          "text-to-text model such as T5")
+    if kind != "encoder" or head == "label_words":  # label words are spoken in the task's order
+        return None
+    return compute_label_order(checkpoint_labels(config), task, key, name)
+
+
+def teacher_head(name_or_path: str, student_head: str) -> str:
+    """The head a distillation teacher is read with: its own trained classifier if it is a fine-tuned
+    sequence classifier (whatever the student's head), else the student's (an SMP export is a masked-LM
+    read at its label words)."""
+    labels = checkpoint_labels(load_checkpoint_config(name_or_path, "distill.teacher"))
+    return "classifier" if labels is not None else student_head
+
+
+def build_model(model_cfg: ModelConfig, task: TaskSpec, deepspeed_config: dict[str, Any], seed: int,
+                key: str = "model.name_or_path") -> BuiltModel:
     """Load tokenizer and model for ``task``; under ZeRO-3 the model is built partitioned.
 
     All ranks must call it (ZeRO-3 construction is collective). New heads are initialised from
-    ``seed``, identically on every rank.
+    ``seed``, identically on every rank. A fine-tuned classifier's outputs are put in the task's class
+    order by label name (:mod:`sparse_dist.models.label_order`). ``key`` names the model in errors
+    (``distill.teacher`` for a teacher).
     """
     source = resolve_model_source(model_cfg.name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(source)
-    config = AutoConfig.from_pretrained(source)
+    config = load_checkpoint_config(model_cfg.name_or_path, key)
     kind = model_kind(config)
-    if kind == "encoder" and task.kind == "generation":
-        raise ValueError(f"model.name_or_path: {model_cfg.name_or_path} is an encoder ({config.model_type}); "
-                         f"task {task.name} needs a text-to-text model such as T5")
+    label_order = check_model_for_task(config, task, model_cfg.name_or_path, model_cfg.head, key)
     if kind == "encoder":
         config.num_labels = task.num_labels
         config.problem_type = "regression" if task.kind == "regression" else "single_label_classification"
@@ -102,9 +137,9 @@ def build_model(model_cfg: ModelConfig, task: TaskSpec, deepspeed_config: dict[s
             config.id2label = dict(enumerate(task.label_names))
             config.label2id = {name: i for i, name in enumerate(task.label_names)}
     if model_cfg.dropout is not None:
-        for key in _DROPOUT_KEYS:
-            if hasattr(config, key):
-                setattr(config, key, model_cfg.dropout)
+        for dropout_key in _DROPOUT_KEYS:
+            if hasattr(config, dropout_key):
+                setattr(config, dropout_key, model_cfg.dropout)
 
     from transformers.integrations import HfDeepSpeedConfig
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
@@ -121,6 +156,8 @@ def build_model(model_cfg: ModelConfig, task: TaskSpec, deepspeed_config: dict[s
         torch.manual_seed(seed)
         pretrained, info = model_class.from_pretrained(source, config=config, output_loading_info=True)
         missing = tuple(sorted(info.get("missing_keys", ())))
+        if label_order is not None:
+            apply_label_order(pretrained, label_order)
         model = build_label_word_classifier(pretrained, tokenizer, task) if label_words else pretrained
     if missing:
         log.info("newly initialised (not in the checkpoint): %s", ", ".join(missing))

@@ -5,6 +5,16 @@ class logits are the masked-LM logits of those words at the first token: encoder
 transform (dense, activation, LayerNorm), then the rows of the (tied) decoder for the label words and
 their biases. Nothing here is trained in SMP. A regression task (STS-B) reads the logit of its one word.
 
+The words of each task are :attr:`TaskSpec.label_words`, in the task's label-id order (the hub's), with
+their natural meaning: MNLI entailment -> Yes, neutral -> Maybe, contradiction -> No. The released SMP
+code differs on MNLI only, and by accident of order: it renumbers MNLI's labels to its DynaBERT teacher's
+order (contradiction 0, entailment 1, neutral 2) and then applies a word map written for the hub's ids
+({0: Yes, 1: Maybe, 2: No}), so there contradiction is spoken by "Yes", entailment by "Maybe" and neutral
+by "No". sparse_dist keeps the natural mapping (the frozen head has no reason to prefer the other), so
+SMP numbers on MNLI come from the same words bound to other classes. Class order never depends on a
+checkpoint here: a fine-tuned classifier or teacher whose ``id2label`` lists the classes in another order
+has its rows remapped by label name (:mod:`sparse_dist.models.label_order`).
+
 Where a checkpoint has no pretrained MLM transform (sentence-transformers models such as
 all-MiniLM-L6-v2 ship the encoder only), transformers initialises one; it is kept frozen like the rest,
 from the run's seed, and the export writes it out, so an exported model scores exactly as in training.

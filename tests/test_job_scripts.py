@@ -1,0 +1,122 @@
+"""The decisions of the job scripts in ``slurm/`` (complete, requeue, which rendezvous port), run by bash with
+stand-ins for ``srun`` and ``scontrol``: seconds, no cluster. ``test_slurm.py`` runs them on a real one."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from runs import DATA_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = "configs/tiny_bert_sst2.yaml"
+
+# srun stands in for srun + torchrun + the ranks: it records its command line and environment, then runs
+# until USR1 or TERM, which it answers like a run that saved its checkpoint (status 75).
+SRUN = """#!/bin/bash
+echo "$@" > "$STUBS/srun.args"
+echo "$MASTER_PORT" > "$STUBS/srun.port"
+trap 'exit 75' USR1 TERM
+touch "$STUBS/srun.started"
+while true; do sleep 0.1; done
+"""
+SCONTROL = """#!/bin/bash
+if [ "$1 $2" = "show hostnames" ]; then echo localhost; else echo "$@" >> "$STUBS/scontrol.log"; fi
+"""
+
+
+def start_job(tmp_path: Path, run_dir: Path, *overrides: str, **env: str) -> subprocess.Popen:
+    """``slurm/smp_bert_base.sh`` as SLURM would start it on the first node of job 4242."""
+    stubs = tmp_path / "venv" / "bin"
+    stubs.mkdir(parents=True)
+    python = f'#!/bin/sh\nexec "{sys.executable}" "$@"\n'  # this environment's Python, as the job's venv
+    for name, text in {"srun": SRUN, "scontrol": SCONTROL, "python": python}.items():
+        (stubs / name).write_text(text)
+        (stubs / name).chmod(0o755)
+    environment = {**os.environ, "PYTHONPATH": str(REPO), "VENV": str(tmp_path / "venv"), "STUBS": str(stubs),
+                   "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "localhost", "SLURM_JOB_NUM_NODES": "1",
+                   "SLURM_SUBMIT_DIR": str(REPO), "CONFIG": CONFIG, "RUN_DIR": str(run_dir), "GPUS_PER_NODE": "1",
+                   **env}
+    environment = {k: v for k, v in environment.items() if v is not None}  # None: not set at all
+    return subprocess.Popen(["bash", "slurm/smp_bert_base.sh", f"data.local_dir={DATA_DIR}", *overrides], cwd=REPO,
+                            env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def output_of(job: subprocess.Popen, timeout_s: float = 120) -> str:
+    """The job's output once it ends; it and its stand-ins are killed if it has not after ``timeout_s``."""
+    try:
+        return job.communicate(timeout=timeout_s)[0]
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.communicate()
+
+
+def wait_for(path: Path, job: subprocess.Popen, timeout_s: float = 120) -> None:
+    """Until ``path`` exists; the job and its stand-ins are killed if it ends or times out first."""
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if job.poll() is not None or time.monotonic() > deadline:
+            if job.poll() is None:
+                os.killpg(job.pid, signal.SIGKILL)
+            raise AssertionError(f"{path} did not appear:\n{job.communicate()[0]}")
+        time.sleep(0.2)
+
+
+def test_a_completed_marker_of_a_shorter_run_does_not_end_an_extended_job(tmp_path):
+    # A finished 8-step run, extended to 3000 steps and sent USR1 (time limit) while training: it must be
+    # requeued, not declared complete by the 8-step run's marker.
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "COMPLETED").write_text(json.dumps({"steps": 8, "max_steps": 8, "final": {}, "evals": []}))
+    job = start_job(tmp_path, run_dir, "training.max_steps=3000")
+    wait_for(tmp_path / "venv" / "bin" / "srun.started", job)
+    job.send_signal(signal.SIGUSR1)
+    output = output_of(job)
+    assert job.returncode == 0, output
+    assert f"not complete: {run_dir / 'COMPLETED'} records 8 steps and training.max_steps is 3000" in output
+    assert "run not complete: requeueing job 4242" in output and "run complete" not in output
+    assert (tmp_path / "venv" / "bin" / "scontrol.log").read_text().split("\n")[0] == "requeue 4242"
+
+
+def held(port: int) -> socket.socket:
+    """A listening socket on ``port``, as another job's rendezvous store would hold it."""
+    sock = socket.socket()
+    sock.bind(("", port))
+    sock.listen()
+    return sock
+
+
+def test_the_rendezvous_port_is_the_jobs_own_and_free(tmp_path):
+    derived = 10000 + 4242 % 20000
+    with held(derived):  # another job's store sits on the port job 4242 would derive
+        job = start_job(tmp_path, tmp_path / "run", MASTER_PORT=None)
+        stubs = tmp_path / "venv" / "bin"
+        try:
+            wait_for(stubs / "srun.started", job)
+        finally:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.communicate()
+    port = int((stubs / "srun.port").read_text())
+    assert derived < port < derived + 100
+    command = (stubs / "srun.args").read_text()
+    assert f"--rdzv_endpoint localhost:{port} " in command  # where every node's torchrun meets
+    assert '--rdzv_conf "is_host=$(( SLURM_NODEID == 0 ))"' in command  # only the first node hosts the store
+
+
+def test_a_given_rendezvous_port_in_use_stops_the_job_with_one_line(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        port = probe.getsockname()[1]
+    with held(port):
+        job = start_job(tmp_path, tmp_path / "run", MASTER_PORT=str(port))
+        output = output_of(job, timeout_s=60)
+    assert job.returncode == 2, output
+    assert output.strip().splitlines()[-1] == (f"MASTER_PORT {port} is in use on {socket.gethostname()} (another "
+                                               "job's rendezvous?); unset it to let the job pick a free port")
+    assert not (tmp_path / "venv" / "bin" / "srun.started").exists()
