@@ -15,6 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from sparse_dist.distributed.env import free_port
+
 
 def missing_requirements() -> str | None:
     """Why a cluster cannot start here, or None."""
@@ -29,12 +31,6 @@ def missing_requirements() -> str | None:
 def _which(name: str) -> str | None:
     return shutil.which(name) or next((f"{d}/{name}" for d in ("/usr/sbin", "/usr/bin") if
                                        os.access(f"{d}/{name}", os.X_OK)), None)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 def _memory_mib() -> int:
@@ -75,8 +71,8 @@ class SlurmCluster:
         return "\n".join([
             "ClusterName=sparse-dist-test",
             f"SlurmctldHost={self.host}",
-            f"SlurmctldPort={_free_port()}",
-            f"SlurmdPort={_free_port()}",
+            f"SlurmctldPort={free_port()}",
+            f"SlurmdPort={free_port()}",
             "SlurmUser=root",
             "AuthType=auth/munge",
             f"StateSaveLocation={root / 'state'}",

@@ -10,10 +10,17 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from sparse_dist.distributed.env import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.e2e
+
+
+def deepspeed_launcher() -> list[str]:
+    """The deepspeed launcher with 2 ranks on a free port (never a fixed one another job may hold)."""
+    return [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port())]
 
 
 def launch(command: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
@@ -30,7 +37,7 @@ def scalar_tags(run_dir: Path) -> dict[str, list[int]]:
 
 def test_deepspeed_launcher_zero3_tiny_t5(tmp_path, data_dir):
     run_dir = tmp_path / "run"
-    done = launch([str(BIN / "deepspeed"), "--num_gpus", "2", "launch/train.py", "--config",
+    done = launch([*deepspeed_launcher(), "launch/train.py", "--config",
                    "configs/tiny_t5_webnlg.yaml", f"job.run_dir={run_dir}", f"data.local_dir={data_dir}",
                    "zero.stage=3", "metrics.progress_bar=false"])
     assert "run tiny-t5-webnlg: tiny-t5 on webnlg, 6 steps, 2 rank(s), ZeRO-3" in done.stdout
@@ -51,7 +58,7 @@ def test_deepspeed_launcher_zero3_tiny_t5(tmp_path, data_dir):
 
 def test_torchrun_zero2_tiny_bert(tmp_path, data_dir):
     run_dir = tmp_path / "run"
-    done = launch([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29731", "launch/train.py",
+    done = launch([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), "launch/train.py",
                    "--config", "configs/tiny_bert_sst2.yaml", f"job.run_dir={run_dir}", f"data.local_dir={data_dir}",
                    "zero.stage=2", "metrics.progress_bar=false"])
     assert "2 rank(s), ZeRO-2" in done.stdout
@@ -64,7 +71,7 @@ def test_torchrun_zero2_tiny_bert(tmp_path, data_dir):
 def test_deepspeed_launcher_zero3_tiny_pins(config, metric, tmp_path, data_dir):
     """PINS with self-regularization from the offloaded teacher, 12 steps to 30% remaining, ZeRO-3."""
     run_dir = tmp_path / "run"
-    done = launch([str(BIN / "deepspeed"), "--num_gpus", "2", "launch/train.py", "--config", config,
+    done = launch([*deepspeed_launcher(), "launch/train.py", "--config", config,
                    f"job.run_dir={run_dir}", f"data.local_dir={data_dir}", "zero.stage=3",
                    "metrics.progress_bar=false"])
     assert "12 steps, 2 rank(s), ZeRO-3" in done.stdout

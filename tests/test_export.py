@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
 
 from runs import tiny_config
-from sparse_dist.distributed.env import init_distributed
+from sparse_dist.distributed.env import free_port, init_distributed
 from sparse_dist.models.tiny import tiny_checkpoint
 from sparse_dist.pruning.export import BaseModelMismatch, load_mask_artifact
 from sparse_dist.trainer import Trainer
@@ -94,7 +94,8 @@ def check_mask_artifact(mask_dir: Path, trained: dict, tmp_path: Path) -> None:
 def test_export_from_a_zero3_checkpoint_through_the_launcher(tmp_path):
     run_dir = tmp_path / "run"
     trained = run_distributed(train_and_score, 2, "smp", 3, str(run_dir))[0]
-    done = subprocess.run([str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "launch/export.py",
+    done = subprocess.run([str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2",
+                           "--master_port", str(free_port()), "launch/export.py",
                            "--run-dir", str(run_dir), "--out", str(tmp_path / "export")], cwd=REPO,
                           env=os.environ.copy(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from sparse_dist.distributed.spawn import _free_port
+from sparse_dist.distributed.env import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def another_jobs_store() -> tuple[dist.TCPStore, int]:
     """The store of another sparse_dist job (SLURM job 999) on a free loopback port."""
-    port = _free_port()
+    port = free_port()
     store = dist.TCPStore("127.0.0.1", port, 1, is_master=True, wait_for_workers=False)
     store.set("sparse_dist/job", "SLURM job 999.0")
     return store, port

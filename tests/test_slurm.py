@@ -12,6 +12,8 @@ from conftest import REPO
 from slurm_cluster import SlurmCluster, missing_requirements
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from sparse_dist.distributed.env import free_port
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 # Two CPU ranks on this one node; the script's GPU resources turned off, its hyperparameters untouched.
@@ -31,7 +33,7 @@ def cluster(tmp_path_factory):
 
 def submit(cluster, run_dir: Path, logs: Path, data_dir, *overrides: str) -> int:
     env = {"CONFIG": "configs/tiny_pins_t5_webnlg.yaml", "RUN_DIR": str(run_dir), "GPUS_PER_NODE": "2",
-           "VENV": str(REPO / ".venv"), "MASTER_PORT": str(29500 + hash(str(run_dir)) % 1000)}
+           "VENV": str(REPO / ".venv"), "MASTER_PORT": str(free_port())}
     logs.mkdir(parents=True, exist_ok=True)  # SLURM does not create the output file's directory
     return cluster.sbatch("slurm/pins_t5_large.sh", f"data.local_dir={data_dir}", *overrides,
                           options=(*OPTIONS, f"--output={logs}/%x-%j.out"), env=env, cwd=REPO)

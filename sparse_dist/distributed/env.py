@@ -64,7 +64,9 @@ def device_capabilities() -> tuple[bool, bool]:
     return on_accelerator, on_accelerator and bool(accelerator.is_bf16_supported())
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on the loopback interface that no one listens on now (the OS picks it; another process may
+    still take it before the caller binds it, so a rendezvous on it must still refuse a taken port)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -136,7 +138,7 @@ def init_distributed() -> DistEnv:
     if "RANK" not in os.environ:
         # Not the MASTER_PORT a surrounding job may have exported: nobody else is to meet here.
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(_free_port()))
+                          MASTER_PORT=str(free_port()))
     accelerator = get_accelerator()
     backend = accelerator.communication_backend_name()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
-import socket
 import tempfile
 import time
 import traceback
@@ -26,11 +25,7 @@ from multiprocessing import reduction
 from pathlib import Path
 from typing import Any
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from sparse_dist.distributed.env import free_port
 
 
 class _CallerFd:
@@ -82,7 +77,7 @@ def run_distributed(fn: Callable, world_size: int, *args: Any, timeout_s: float 
     """``fn(*args)`` on ``world_size`` gloo ranks; the list of their results, rank 0 first."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(_PRELOAD)
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         outputs = [str(Path(tmp) / f"rank{r}.pkl") for r in range(world_size)]
         processes = [context.Process(target=_worker,
