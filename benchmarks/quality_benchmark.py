@@ -11,7 +11,8 @@ not run again, and an interrupted run resumes from its checkpoint, so re-running
 continues a sweep. Reported per run: the best dev metric among the evaluations at the target sparsity
 (the final phase of the schedule; for soft movement, whose kept fraction is not fixed, the final
 evaluation), the achieved remaining fraction, and the wall time. Writes
-``benchmarks/results/quality_benchmark.{json,md,png}``.
+``benchmarks/results/quality_benchmark.{json,md,png}``; rows of an earlier report for runs this sweep
+does not plan are kept (marked ``carried_over``), so ``--methods movement`` refreshes only those rows.
 """
 
 from __future__ import annotations
@@ -189,6 +190,7 @@ def main() -> None:
         row["made_by_this_code"] = same_code(ledger.get(key, {}), command, log_path)
         rows.append(row)
         tqdm.write(f"{key}: {row['metric']} {row['best_at_target']:.4f} at {row['achieved_remaining']:.3f} remaining")
+    rows = carry_over(results / "quality_benchmark.json", rows)
     all_same = all(row["made_by_this_code"] for row in rows)
     if not all_same:
         tqdm.write("warning: some runs were made by other trainer code or settings; see 'made_by_this_code'")
@@ -203,20 +205,37 @@ def main() -> None:
     print(f"wrote {results}/quality_benchmark.json, .md and .png")
 
 
+def carry_over(path: Path, rows: list[dict]) -> list[dict]:
+    """``rows`` plus the rows of an earlier report at ``path`` for runs this sweep did not plan.
+
+    Re-running a few methods then refreshes their rows and keeps the others, each with the code it was
+    made by (``code``, ``made_by_this_code``); a carried row says so in ``carried_over``. Rows come out
+    in task, method, remaining order.
+    """
+    planned = {(r["task"], r["name"]) for r in rows}
+    earlier = json.loads(path.read_text())["results"] if path.exists() else []
+    kept = [{**r, "carried_over": True, "made_by_this_code": False} for r in earlier
+            if (r["task"], r["name"]) not in planned]
+    order = {m: i for i, m in enumerate(("dense", *METHODS))}
+    return sorted([*rows, *kept], key=lambda r: (r["task"], order[r["method"]], -r["remaining"]))
+
+
 def table(rows: list[dict], args) -> str:
     lines = []
-    for task in args.tasks:
+    for task in dict.fromkeys(r["task"] for r in rows):
         task_rows = [r for r in rows if r["task"] == task]
         if not task_rows:
             continue
         dense = next((r for r in task_rows if r["method"] == "dense"), None)
+        fractions = sorted({r["remaining"] for r in task_rows if r["method"] != "dense"}, reverse=True)
+        methods = [m for m in METHODS if any(r["method"] == m for r in task_rows)]
         lines += [f"### {task} ({METRIC[task]}, dev; dense fine-tuning "
                   f"{dense['best_at_target']:.4f})" if dense else f"### {task}", "",
-                  "| method | " + " | ".join(f"{r:g} remaining" for r in args.remaining) + " |",
-                  "|---|" + "---|" * len(args.remaining)]
-        for method in args.methods:
+                  "| method | " + " | ".join(f"{r:g} remaining" for r in fractions) + " |",
+                  "|---|" + "---|" * len(fractions)]
+        for method in methods:
             cells = []
-            for remaining in args.remaining:
+            for remaining in fractions:
                 r = next((x for x in task_rows if x["method"] == method and x["remaining"] == remaining), None)
                 cells.append(f"{r['best_at_target']:.4f} ({r['achieved_remaining']:.3f})" if r else "not run")
             lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
@@ -230,12 +249,12 @@ def plot(rows: list[dict], path: Path, args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = [t for t in args.tasks if any(r["task"] == t for r in rows)]
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
     from matplotlib.ticker import FixedLocator, NullLocator
 
     figure, axes = plt.subplots(1, max(1, len(tasks)), figsize=(6.5 * max(1, len(tasks)) + 1.6, 4.6), squeeze=False)
     for axis, task in zip(axes[0], tasks):
-        for method in args.methods:
+        for method in METHODS:
             points = sorted((r["achieved_remaining"], r["best_at_target"]) for r in rows
                             if r["task"] == task and r["method"] == method)
             if points:
@@ -245,8 +264,9 @@ def plot(rows: list[dict], path: Path, args) -> None:
             axis.axhline(dense["best_at_target"], color="black", linestyle="--", label="dense fine-tuning")
         axis.set_xscale("log")
         achieved = [r["achieved_remaining"] for r in rows if r["task"] == task and r["method"] != "dense"]
-        off_target = {x for x in achieved if all(abs(x / t - 1) > 0.15 for t in args.remaining)}
-        shown = sorted(set(args.remaining) | off_target)
+        targets = {r["remaining"] for r in rows if r["task"] == task and r["method"] != "dense"}
+        off_target = {x for x in achieved if all(abs(x / t - 1) > 0.15 for t in targets)}
+        shown = sorted(targets | off_target)
         axis.xaxis.set_major_locator(FixedLocator(shown))
         axis.xaxis.set_minor_locator(NullLocator())
         axis.set_xticklabels([f"{x:.3g}" for x in shown])
