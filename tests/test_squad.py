@@ -197,9 +197,13 @@ def test_max_answer_length_excludes_longer_spans():
 def test_the_answer_does_not_depend_on_the_order_of_the_windows():
     examples, features, start, end = two_windows()
     swapped = {key: values[::-1] for key, values in features.items()}
+    padded = {key: values + values[:1] for key, values in features.items()}  # window 0 twice, as a sampler pads
     for length in (30, 3, 1):
-        assert (postprocess_qa_predictions(examples, swapped, start[::-1], end[::-1], max_answer_length=length)
-                == postprocess_qa_predictions(examples, features, start, end, max_answer_length=length))
+        expected = postprocess_qa_predictions(examples, features, start, end, max_answer_length=length)
+        assert postprocess_qa_predictions(examples, swapped, start[::-1], end[::-1],
+                                          max_answer_length=length) == expected
+        assert postprocess_qa_predictions(examples, padded, np.concatenate([start, start[:1]]),
+                                          np.concatenate([end, end[:1]]), max_answer_length=length) == expected
 
 
 def test_ties_go_to_the_earlier_span_and_no_valid_span_gives_empty():

@@ -173,11 +173,15 @@ def postprocess_qa_predictions(examples: datasets.Dataset | dict[str, Sequence],
     ranks give exactly the single-process answers): among the top logits of a window, equal logits are taken in
     token order (a stable sort); among spans of equal score, the one starting at the earlier character of the
     context wins, then the one ending earlier. The same character span from two overlapping windows keeps its
-    better score.
+    better score, and a window given twice (a distributed sampler's padding) changes nothing.
 
     Returns ``{id: answer text}`` in the order of ``examples``. Raises ValueError if the logits' shape does not
-    match the features, a window's ``offset_mapping`` is not seq_len long, or a feature names an unknown id.
+    match the features, a window's ``offset_mapping`` is not seq_len long, a feature names an unknown id, or
+    ``n_best_size`` or ``max_answer_length`` is below 1.
     """
+    if n_best_size < 1 or max_answer_length < 1:
+        raise ValueError(f"n_best_size and max_answer_length must be at least 1, got {n_best_size} and "
+                         f"{max_answer_length}")
     start_logits = np.asarray(start_logits)
     end_logits = np.asarray(end_logits)
     num_features = len(features) if isinstance(features, datasets.Dataset) else len(features["example_id"])
