@@ -42,6 +42,7 @@ def test_real_files_have_the_published_sentence_counts(data_dir, caplog):
     assert "IOB1" not in caplog.text  # the files are IOB2 already: the reader changed no tag
     train = splits["train"]
     assert train.column_names == ["tokens", "ner_tags"]
+    assert train.features["ner_tags"].feature.names == list(CONLL2003_LABELS)
     assert train[0]["tokens"] == ["EU", "rejects", "German", "call", "to", "boycott", "British", "lamb", "."]
     assert [CONLL2003_LABELS[t] for t in train[0]["ner_tags"]] == ["B-ORG", "O", "B-MISC", "O", "O", "O", "B-MISC",
                                                                     "O", "O"]

@@ -3,8 +3,9 @@
 The local files (``conll2003/{train,valid,test}.txt`` under ``data.local_dir``) hold one word per line,
 ``token POS chunk NER`` separated by spaces, a blank line after each sentence and ``-DOCSTART-`` lines
 between documents. :func:`read_conll2003` turns one file into the hub's ``tokens`` and ``ner_tags`` columns,
-with the label ids of the hub dataset (``eriktjongkimsang/conll2003``, formerly ``conll2003``; see
-:data:`CONLL2003_LABELS`).
+with the label ids of the hub dataset (``eriktks/conll2003``, formerly ``conll2003``; see
+:data:`CONLL2003_LABELS`). That hub repository is a loading script, which ``datasets`` 4 and later no longer
+run, so the local files are the way in for this project's ``datasets``.
 
 Tagging scheme. The original CoNLL-2003 release tags in IOB1: an entity starts with ``I-``, and ``B-`` is used
 only where an entity directly follows another of the same type. The hub's copy (and the local files, which
@@ -42,9 +43,10 @@ _COLUMNS = 4  # token, POS, chunk, NER
 def read_conll2003(path: str | Path, limit: int | None = None) -> datasets.Dataset:
     """One CoNLL-2003 file as a Dataset with columns ``tokens`` (list[str]) and ``ner_tags`` (list[int]).
 
-    ``ner_tags`` are ids into :data:`CONLL2003_LABELS`, in IOB2 (IOB1 input is converted, see the module
-    docstring). Sentences are the runs of lines between blank lines; ``-DOCSTART-`` lines are skipped and end a
-    sentence, as in the hub's builder. With ``limit``, reading stops once ``limit`` sentences are complete.
+    ``ner_tags`` are ids into :data:`CONLL2003_LABELS` (a ClassLabel feature carrying those names, as on the
+    hub), in IOB2 (IOB1 input is converted, see the module docstring). Sentences are the runs of lines between
+    blank lines; ``-DOCSTART-`` lines are skipped and end a sentence, as in the hub's builder. With ``limit``,
+    reading stops once ``limit`` sentences are complete.
     Real sizes: train 14,041 sentences, valid 3,250, test 3,453.
 
     Raises :class:`DataError`, one line naming the file (and line number and the line itself where there is
@@ -95,7 +97,7 @@ def read_conll2003(path: str | Path, limit: int | None = None) -> datasets.Datas
     if changed:
         log.warning("%s: %d NER tags were IOB1 (an entity starting with I-); read as IOB2 (B-)", path, changed)
     features = datasets.Features({"tokens": datasets.List(datasets.Value("string")),
-                                  "ner_tags": datasets.List(datasets.Value("int64"))})
+                                  "ner_tags": datasets.List(datasets.ClassLabel(names=list(CONLL2003_LABELS)))})
     return datasets.Dataset.from_dict({"tokens": sentences, "ner_tags": tags}, features=features)
 
 

@@ -13,7 +13,7 @@ question out of the start/end logits of all its windows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import datasets
@@ -215,7 +215,7 @@ def postprocess_qa_predictions(examples: datasets.Dataset | dict[str, Sequence],
     return answers
 
 
-def _windows(features: datasets.Dataset | dict[str, Sequence]):
+def _windows(features: datasets.Dataset | dict[str, Sequence]) -> Iterator[tuple[str, list | None]]:
     """(example_id, offset_mapping) of each feature, one row at a time (a Dataset is not materialised whole)."""
     if isinstance(features, datasets.Dataset):
         for row in features.select_columns(["example_id", "offset_mapping"]).with_format(None):
