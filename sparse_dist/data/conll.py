@@ -8,12 +8,13 @@ with the label ids of the hub dataset (``eriktks/conll2003``, formerly ``conll20
 run, so the local files are the way in for this project's ``datasets``.
 
 Tagging scheme. The original CoNLL-2003 release tags in IOB1: an entity starts with ``I-``, and ``B-`` is used
-only where an entity directly follows another of the same type. The hub's copy (and the local files, which
-are that copy) are IOB2: every entity starts with ``B-``. Checked on the local files: no ``I-X`` tag follows
-``O`` or a tag of another type in any split. The reader returns IOB2 whatever the file uses: an ``I-X`` that
-does not continue an ``X`` entity becomes ``B-X``, which leaves IOB2 input unchanged and turns IOB1 input
-into the same entities in IOB2 (it logs how many tags it changed). :func:`compute_ner_metrics` scores
-entities as the ``conlleval`` script does, which reads either scheme.
+only where an entity directly follows another of the same type. The hub's copy is IOB2, every entity starting
+with ``B-`` (its dataset card: "the dataset uses IOB2 tagging scheme, whereas the original dataset uses
+IOB1"), and so are the local files: in no split does an ``I-X`` tag follow ``O`` or a tag of another type. The
+reader returns IOB2 whatever the file uses: an ``I-X`` that does not continue an ``X`` entity becomes ``B-X``,
+which leaves IOB2 input unchanged and turns IOB1 input into the same entities in IOB2 (it logs how many tags
+it changed). :func:`compute_ner_metrics` scores entities as the ``conlleval`` script does, which reads either
+scheme.
 """
 
 from __future__ import annotations
