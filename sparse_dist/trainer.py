@@ -43,7 +43,7 @@ from sparse_dist.distributed.gather import full_shape
 from sparse_dist.distributed.grad_norm import GradNormMeter
 from sparse_dist.evaluation import Evaluator
 from sparse_dist.models.build import build_model, count_parameters
-from sparse_dist.observe import build_metrics_logger, build_progress_bar, memory_gib
+from sparse_dist.observe import build_metrics_logger, build_progress_bar, log_remaining_map, memory_gib
 from sparse_dist.preemption import StopRequest
 from sparse_dist.pruning.build import build_pruner
 from sparse_dist.pruning.export import export_mask_artifact, export_pruned_model
@@ -330,6 +330,7 @@ class Trainer:
             self.result.best_metric = primary
         self.distiller.on_evaluation(improved)
         self.metrics.log({f"eval/{name}": value for name, value in metrics.items()}, self.step)
+        log_remaining_map(self.metrics, self.pruner, self.step)
         self.metrics.flush()
         log.info("step %d eval: %s", self.step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         return metrics
