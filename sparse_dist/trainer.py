@@ -376,14 +376,15 @@ class Trainer:
         self.distiller.load_state_dict([s["distiller"] for s in states])
         return True
 
-    def export_model(self, directory: Path) -> None:
-        """Write a plain transformers model (masks folded in), its tokenizer and sparsity report. All ranks call."""
-        export_pruned_model(self.built, self.pruner, directory, self.comm, self.env.is_main)
+    def export_model(self, directory: Path, model_format: str = "dense") -> None:
+        """Write a plain transformers model (masks folded in; ``dense`` or ``compressed``), its tokenizer and
+        sparsity report. All ranks call."""
+        export_pruned_model(self.built, self.pruner, directory, self.comm, self.env.is_main, model_format)
 
-    def export(self, directory: Path) -> None:
+    def export(self, directory: Path, model_format: str = "dense") -> None:
         """Everything worth keeping: the pruned model in ``directory/model`` and, for SMP, the mask-only
         artifact in ``directory/mask``. All ranks call."""
-        self.export_model(directory / "model")
+        self.export_model(directory / "model", model_format)
         if self.config.pruning.method == "smp":
             export_mask_artifact(self.built, self.pruner, directory / "mask", self.comm, self.env.is_main,
                                  base=self.config.model.name_or_path, seed=self.config.job.seed)
