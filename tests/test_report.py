@@ -9,8 +9,8 @@ import signal
 import numpy as np
 import pytest
 from harness import run_distributed
-from runs import tiny_config
 
+from runs import tiny_config
 from sparse_dist.cli import main as cli
 from sparse_dist.distributed.env import init_distributed
 from sparse_dist.report import RunRecord, compute_remaining_grid, read_run

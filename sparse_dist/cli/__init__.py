@@ -20,11 +20,15 @@ SUBCOMMANDS = {
 }
 
 
+EXAMPLES = [line for line in __doc__.splitlines() if line.startswith("    sparse-dist ")]
+
+
 def usage() -> str:
     width = max(len(name) for name in SUBCOMMANDS)
     lines = ["usage: sparse-dist <command> [arguments]   (sparse-dist <command> --help for its own)", "",
              "commands:"]
     lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in SUBCOMMANDS.items()]
+    lines += ["", "examples:", *EXAMPLES]
     return "\n".join(lines)
 
 
