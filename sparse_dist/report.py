@@ -134,8 +134,11 @@ def render_remaining_heatmap_png(grid: RemainingGrid, title: str) -> np.ndarray:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(1.8 + 0.55 * len(grid.types), 1.2 + 0.28 * len(grid.layers)), dpi=90)
-    figure.subplots_adjust(left=0.15, right=0.88, bottom=0.2, top=0.85)  # tight_layout would double the cost
+    # Margins in inches, rotated type names needing more below; tight_layout would double the cost.
+    left, right, top, bottom = 0.8, 1.0, 0.35, 1.3 if len(grid.types) > 8 else 0.6
+    width, height = left + right + 0.55 * len(grid.types), top + bottom + 0.28 * len(grid.layers)
+    figure = Figure(figsize=(width, height), dpi=90)
+    figure.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height)
     canvas = FigureCanvasAgg(figure)
     draw_remaining_heatmap(figure.add_subplot(), grid, title)
     canvas.draw()
