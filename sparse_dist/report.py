@@ -213,6 +213,14 @@ def read_run(run_dir: str | Path) -> RunRecord:
     events = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     if events:
         record.events_age_s = time.time() - max(p.stat().st_mtime for p in events)
+    elif completed:  # TensorBoard off (metrics.tensorboard=false): the evaluations COMPLETED lists
+        for entry in completed.get("evals", []):
+            for key, value in entry.items():
+                if key != "step":
+                    tag = "prune/remaining_target" if key == "target_remaining" else f"eval/{key}"
+                    record.scalars.setdefault(tag, []).append((entry["step"], value))
+        if (config.get("pruning") or {}).get("method", "none") == "none":
+            record.scalars.pop("prune/remaining_target", None)
     matrices, source = _sparsity_summary(run_dir) if completed else (None, "")
     if matrices is None and site_counts:
         matrices, source = json.loads(site_counts), f"TensorBoard {SITE_COUNTS_TAG} (last evaluation)"
@@ -225,9 +233,12 @@ def read_run(run_dir: str | Path) -> RunRecord:
 
 
 def _plot(ax, points: list[tuple[int, float]], **style) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     if points:
         steps, values = zip(*points)
         ax.plot(steps, values, **style)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # optimizer steps
 
 
 def _empty(ax, title: str, message: str) -> None:
@@ -240,7 +251,7 @@ def _empty(ax, title: str, message: str) -> None:
 def _headline(record: RunRecord) -> str:
     model, data, pruning = (record.config.get(k) or {} for k in ("model", "data", "pruning"))
     max_steps = record.config.get("training", {}).get("max_steps", "?")
-    method = pruning.get("method") or "dense"
+    method = pruning.get("method") if pruning.get("method") not in (None, "none") else "dense"
     step = record.completed["steps"] if record.completed else record.last_step
     line = (f"{record.name}: {model.get('name_or_path', '?')} on {data.get('task', '?')}, {method}, "
             f"step {step}/{max_steps}, {record.state}")
@@ -254,6 +265,8 @@ def _headline(record: RunRecord) -> str:
 def draw_report(record: RunRecord):
     """The report figure (a matplotlib ``Figure``, no pyplot state)."""
     from matplotlib.figure import Figure
+
+    why = "" if record.events_age_s is not None else "\n(no TensorBoard events: metrics.tensorboard=false?)"
 
     figure = Figure(figsize=(15, 8.5), dpi=100, layout="constrained")
     grid = figure.add_gridspec(2, 3)
@@ -273,7 +286,7 @@ def draw_report(record: RunRecord):
             lr_axis.set_ylabel("learning rate", color="tab:orange")
         ax.legend(loc="best", fontsize=8)
     else:
-        _empty(ax, "training loss and learning rate", "no training scalars logged yet")
+        _empty(ax, "training loss and learning rate", "no training scalars logged yet" + why)
 
     ax = figure.add_subplot(grid[0, 1])
     if record.eval_tags:
@@ -285,11 +298,11 @@ def draw_report(record: RunRecord):
         ax.set_title("dev metrics", fontsize=10)
         ax.legend(fontsize=8)
     else:
-        _empty(ax, "dev metrics", "no evaluation logged yet")
+        _empty(ax, "dev metrics", "no evaluation logged yet" + why)
 
     ax = figure.add_subplot(grid[0, 2])
-    if s.get("prune/remaining"):
-        _plot(ax, s["prune/remaining"], color="tab:green", marker=".", label="actual")
+    if s.get("prune/remaining") or s.get("prune/remaining_target"):
+        _plot(ax, s.get("prune/remaining", []), color="tab:green", marker=".", label="actual")
         _plot(ax, s.get("prune/remaining_target", []), color="black", linestyle="--", linewidth=1, label="target")
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("step")
@@ -306,7 +319,7 @@ def draw_report(record: RunRecord):
         ax.set_ylabel("fraction of the mask changed")
         ax.set_title("mask flips since the previous log line", fontsize=10)
     else:
-        _empty(ax, "mask flips", "not logged")
+        _empty(ax, "mask flips", "not logged" + why)
 
     ax = figure.add_subplot(grid[1, 1:])
     if record.grid is not None:

@@ -107,3 +107,15 @@ def test_remaining_grid_and_teacher_update_marks():
                        scalars={"teacher/updates": [(2, 0.0), (4, 1.0), (6, 1.0), (8, 1.0), (10, 2.0)],
                                 "eval/accuracy": [(3, 0.5), (6, 0.5), (9, 0.6)]})
     assert record.teacher_update_steps() == [3, 9]
+
+
+def test_a_run_without_tensorboard_events_takes_its_evaluations_from_completed(tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text("job:\n  name: quiet\npruning:\n  method: magnitude\n")
+    (tmp_path / "COMPLETED").write_text(json.dumps({
+        "steps": 4, "final": {"accuracy": 0.75}, "sparsity": {"remaining": 0.5, "sparsity": 0.5},
+        "evals": [{"step": 2, "target_remaining": 0.7, "accuracy": 0.5},
+                  {"step": 4, "target_remaining": 0.5, "accuracy": 0.75}]}))
+    record = read_run(tmp_path)
+    assert record.state == "finished" and record.events_age_s is None
+    assert record.scalars == {"eval/accuracy": [(2, 0.5), (4, 0.75)], "prune/remaining_target": [(2, 0.7), (4, 0.5)]}
+    assert cli(["report", str(tmp_path)]) == 0 and (tmp_path / "report.png").read_bytes().startswith(PNG_MAGIC)
