@@ -9,11 +9,12 @@ import signal
 import numpy as np
 import pytest
 from harness import run_distributed
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from runs import tiny_config
 from sparse_dist.cli import main as cli
 from sparse_dist.distributed.env import init_distributed
-from sparse_dist.report import RunRecord, compute_remaining_grid, read_run
+from sparse_dist.report import REMAINING_MAP_TAG, RunRecord, compute_remaining_grid, read_run
 from sparse_dist.trainer import Trainer
 
 STEPS, STOP_AFTER = 6, 3
@@ -71,6 +72,10 @@ def test_report_on_a_finished_run(runs, tmp_path):
     assert kept == sparsity["kept"]
     assert np.nansum(record.grid.remaining * 1024 * np.array([1, 1, 1, 1, 2, 2])) == pytest.approx(kept)
     assert [step for step, _ in record.scalars["eval/accuracy"]] == [2, 4, 6]
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    maps = events.Images(REMAINING_MAP_TAG)  # the heat map, logged at every evaluation
+    assert [image.step for image in maps] == [2, 4, 6] and maps[-1].encoded_image_string.startswith(PNG_MAGIC)
     assert record.scalars["prune/remaining"][-1][1] == pytest.approx(0.4, abs=1e-3)
 
 
