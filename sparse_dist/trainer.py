@@ -43,7 +43,7 @@ from sparse_dist.distributed.gather import full_shape
 from sparse_dist.distributed.grad_norm import GradNormMeter
 from sparse_dist.evaluation import Evaluator
 from sparse_dist.models.build import build_model, count_parameters
-from sparse_dist.observe import build_metrics_logger, build_progress_bar, memory_gib
+from sparse_dist.observe import build_metrics_logger, build_progress_bar, log_remaining_map, memory_gib
 from sparse_dist.preemption import StopRequest
 from sparse_dist.pruning.build import build_pruner
 from sparse_dist.pruning.export import export_mask_artifact, export_pruned_model
@@ -330,6 +330,7 @@ class Trainer:
             self.result.best_metric = primary
         self.distiller.on_evaluation(improved)
         self.metrics.log({f"eval/{name}": value for name, value in metrics.items()}, self.step)
+        log_remaining_map(self.metrics, self.pruner, self.step)
         self.metrics.flush()
         log.info("step %d eval: %s", self.step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         return metrics
@@ -375,14 +376,15 @@ class Trainer:
         self.distiller.load_state_dict([s["distiller"] for s in states])
         return True
 
-    def export_model(self, directory: Path) -> None:
-        """Write a plain transformers model (masks folded in), its tokenizer and sparsity report. All ranks call."""
-        export_pruned_model(self.built, self.pruner, directory, self.comm, self.env.is_main)
+    def export_model(self, directory: Path, model_format: str = "dense") -> None:
+        """Write a plain transformers model (masks folded in; ``dense`` or ``compressed``), its tokenizer and
+        sparsity report. All ranks call."""
+        export_pruned_model(self.built, self.pruner, directory, self.comm, self.env.is_main, model_format)
 
-    def export(self, directory: Path) -> None:
+    def export(self, directory: Path, model_format: str = "dense") -> None:
         """Everything worth keeping: the pruned model in ``directory/model`` and, for SMP, the mask-only
         artifact in ``directory/mask``. All ranks call."""
-        self.export_model(directory / "model")
+        self.export_model(directory / "model", model_format)
         if self.config.pruning.method == "smp":
             export_mask_artifact(self.built, self.pruner, directory / "mask", self.comm, self.env.is_main,
                                  base=self.config.model.name_or_path, seed=self.config.job.seed)

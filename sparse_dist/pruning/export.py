@@ -2,7 +2,8 @@
 
 :func:`export_pruned_model` folds every mask into its weight and writes the transformers model with
 ``save_pretrained`` (no sparse_dist needed to load it), the tokenizer, and ``sparsity.json`` (kept
-weights per matrix, type and layer). Parameters are gathered one at a time into host memory on rank 0,
+weights per matrix, type and layer); or, compact, the same weights in compressed-tensors' sparse-bitmask
+format (:mod:`sparse_dist.pruning.compressed`). Parameters are gathered one at a time into host memory on rank 0,
 so a ZeRO-3 model is exported without any rank holding it whole in accelerator memory. A label-word
 model (SMP on an encoder) is written as the masked-LM model it wraps, with ``label_words.json``: the
 class logits are that model's logits at the first token for those token ids.
@@ -30,12 +31,15 @@ from sparse_dist.distributed.bitmask import PackedMask
 from sparse_dist.distributed.comm import Communicator
 from sparse_dist.distributed.gather import iter_full_parameters
 from sparse_dist.distributed.masking import gather_full_mask
+from sparse_dist.pruning.compressed import save_compressed_model
 from sparse_dist.pruning.sites import Site
 
 log = logging.getLogger(__name__)
 
 MASK_FILE = "mask.safetensors"
 MASK_META = "mask.json"
+MODEL_FORMATS = ("dense", "compressed")
+"""How :func:`export_pruned_model` stores weights: dense, or compressed-tensors' sparse-bitmask format."""
 
 
 def full_masks(pruner, comm: Communicator) -> dict[str, torch.Tensor]:
@@ -61,11 +65,16 @@ def sparsity_report(sites: Sequence[Site], masks: dict[str, torch.Tensor]) -> di
             "matrices": matrices}
 
 
-def export_pruned_model(built, pruner, directory: Path, comm: Communicator, is_main: bool) -> dict | None:
+def export_pruned_model(built, pruner, directory: Path, comm: Communicator, is_main: bool,
+                        model_format: str = "dense") -> dict | None:
     """Write the pruned model as a plain transformers model with masks folded in. All ranks call.
 
-    Returns the sparsity report on rank 0 (None elsewhere).
+    ``model_format`` ``compressed`` stores the prunable matrices in compressed-tensors' sparse-bitmask
+    format (:mod:`sparse_dist.pruning.compressed`) instead of dense. Returns the sparsity report on
+    rank 0 (None elsewhere).
     """
+    if model_format not in MODEL_FORMATS:
+        raise ValueError(f"model_format must be one of {', '.join(MODEL_FORMATS)}, got {model_format!r}")
     directory = Path(directory)
     masks = full_masks(pruner, comm) if pruner.sites else {}
     weights = {f"{name}.weight": name for name in masks}
@@ -83,15 +92,21 @@ def export_pruned_model(built, pruner, directory: Path, comm: Communicator, is_m
         for name, buffer in built.pretrained.named_buffers():
             if name in persistent:
                 state[name] = buffer.detach().to("cpu", copy=True)
-        built.pretrained.save_pretrained(directory, state_dict=state)
+        report = sparsity_report(pruner.sites, masks) if pruner.sites else None
+        if model_format == "compressed" and report is not None:
+            save_compressed_model(built.pretrained, state, directory, [s.name for s in pruner.sites],
+                                  report["remaining"])
+        else:
+            if model_format == "compressed":
+                log.warning("nothing is pruned in this run: the model is written dense")
+            built.pretrained.save_pretrained(directory, state_dict=state)
         built.tokenizer.save_pretrained(directory)
         if hasattr(built.model, "word_ids"):
             (directory / "label_words.json").write_text(json.dumps(
                 {"label_word_ids": built.model.word_ids, "position": 0, "regression": built.model.regression}))
-        if pruner.sites:
-            report = sparsity_report(pruner.sites, masks)
+        if report is not None:
             (directory / "sparsity.json").write_text(json.dumps(report, indent=1))
-        log.info("pruned model written to %s", directory)
+        log.info("pruned model written to %s (%s)", directory, model_format)
     dist.barrier()
     return report
 

@@ -109,6 +109,16 @@ class Pruner:
         self._flips = 0
         return scalars
 
+    def kept_per_site(self) -> list[int]:
+        """Kept weights of each site over all ranks, in site order (cheap: one small all-reduce of the
+        packed masks' counts). All ranks call."""
+        if not self.sites:
+            return []
+        kept = torch.tensor([m.count() for m in self.masks[:len(self.sites)]], dtype=torch.int64)
+        total = kept.to(getattr(self.comm, "device", torch.device("cpu")))
+        self.comm.all_reduce(total)
+        return total.cpu().tolist()
+
     def achieved(self) -> dict[str, float]:
         """Kept and total prunable weights over all ranks (for the run summary). All ranks call."""
         scalars = self.report()
@@ -188,6 +198,9 @@ class NoPruning(Pruner):
 
     def report(self) -> dict[str, float]:
         return {}
+
+    def kept_per_site(self) -> list[int]:
+        return []
 
     def achieved(self) -> dict[str, float]:
         return {}

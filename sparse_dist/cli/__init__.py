@@ -1,0 +1,45 @@
+"""The ``sparse-dist`` command line: one subcommand per module of this package.
+
+    sparse-dist train --config configs/tiny_bert_sst2.yaml      # train (and prune); see sparse-dist train --help
+    sparse-dist export --run-dir runs/smp_minilm_sst2           # export a run's latest checkpoint
+    sparse-dist report runs/smp_minilm_sst2                     # draw a run's report (PNG and HTML)
+
+Each module has ``main(argv, prog) -> exit status``; a subcommand is imported only when it runs, so
+``--help`` stays quick.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "train": ("sparse_dist.cli.train", "train (and prune) a model described by a YAML config"),
+    "export": ("sparse_dist.cli.export", "export a run's latest checkpoint (dense, or compressed)"),
+    "report": ("sparse_dist.cli.report", "draw a run's loss, metrics, sparsity and per-layer map (PNG, HTML)"),
+}
+
+
+EXAMPLES = [line for line in __doc__.splitlines() if line.startswith("    sparse-dist ")]
+
+
+def usage() -> str:
+    width = max(len(name) for name in SUBCOMMANDS)
+    lines = ["usage: sparse-dist <command> [arguments]   (sparse-dist <command> --help for its own)", "",
+             "commands:"]
+    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in SUBCOMMANDS.items()]
+    lines += ["", "examples:", *EXAMPLES]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage(), file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"error: unknown command '{name}' (choose from {', '.join(SUBCOMMANDS)})", file=sys.stderr)
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    return module.main(rest, prog=f"sparse-dist {name}")
