@@ -18,8 +18,8 @@ import pytest
 import torch
 import torch.distributed as dist
 from harness import run_distributed
-
 from runs import tiny_config
+
 from sparse_dist.distributed.env import init_distributed
 from sparse_dist.distributed.fragments import build_fragments, inner_optimizers
 from sparse_dist.distributed.gather import full_master, full_numel, iter_full_parameters
