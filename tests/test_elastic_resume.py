@@ -21,8 +21,9 @@ from harness import run_distributed
 from runs import tiny_config
 
 from sparse_dist.distributed.env import init_distributed
-from sparse_dist.distributed.fragments import build_fragments, inner_optimizers
+from sparse_dist.distributed.fragments import build_fragments
 from sparse_dist.distributed.gather import full_master, full_numel, iter_full_parameters
+from sparse_dist.distributed.optimizer_state import optimizer_groups
 from sparse_dist.distributed.reshard import assemble
 from sparse_dist.pruning.export import full_masks
 from sparse_dist.trainer import Trainer
@@ -59,8 +60,8 @@ def snapshot(trainer: Trainer) -> dict:
     """Hashes of the whole training state, part by part. All ranks call."""
     module = trainer.engine.module
     trainable = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
-    optimizer = inner_optimizers(trainer.engine)[0]
-    groups = [(g["lr"], float(optimizer.state[g["params"][0]]["step"])) for g in optimizer.param_groups]
+    groups = [(group["lr"], float(optimizer.state[flat]["step"]))
+              for optimizer, group, flats in optimizer_groups(trainer.engine) for flat in flats]
     out = {"step": trainer.step, "lr_and_adam_step": sorted(set(groups)),
            "weights": _hash(iter_full_parameters(module)),
            "masters": _hash((name, full_master(p)) for name, p in trainable),

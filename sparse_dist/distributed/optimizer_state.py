@@ -36,10 +36,18 @@ def _fragments(engine) -> list[Fragment]:
     return build_fragments(engine, named)
 
 
-def _groups(engine) -> list[tuple[torch.optim.Optimizer, dict]]:
-    """(torch optimizer, param group) for every group of the optimizer(s) that step the fp32 masters; each
-    group holds this rank's flat partition(s) of one of the trainer's groups (a ZeRO-3 sub-group)."""
-    return [(optimizer, group) for optimizer in inner_optimizers(engine) for group in optimizer.param_groups]
+def optimizer_groups(engine) -> list[tuple[torch.optim.Optimizer, dict, list[torch.Tensor]]]:
+    """(torch optimizer, param group, this rank's flat fp32 tensors of the group) for every group of the
+    optimizer that steps the fp32 masters. Needs no communication. Stages: 1, 2, 3."""
+    optimizer = engine.optimizer
+    inner = inner_optimizers(engine)[0]
+    if hasattr(optimizer, "fp32_partitioned_groups_flat"):
+        # ZeRO-3 puts a group's flat sub-group partitions into its "params" only during the step.
+        flats: list[list[torch.Tensor]] = [[] for _ in inner.param_groups]
+        for sub_group, flat in enumerate(optimizer.fp32_partitioned_groups_flat):
+            flats[optimizer.sub_group_to_group_id[sub_group]].append(flat)
+        return [(inner, group, group_flats) for group, group_flats in zip(inner.param_groups, flats)]
+    return [(inner, group, list(group["params"])) for group in inner.param_groups]
 
 
 def optimizer_fragments(engine) -> dict[str, Any] | None:
@@ -63,12 +71,11 @@ def optimizer_fragments(engine) -> dict[str, Any] | None:
                     entry[key] = state.detach().to("cpu", copy=True)
         params[fragment.name] = entry
     groups = []
-    for optimizer, group in _groups(engine):
-        flat = group["params"][0]
-        state = optimizer.state.get(flat, {})
+    for optimizer, group, flats in optimizer_groups(engine):
+        state = optimizer.state.get(flats[0], {}) if flats else {}
         shared = {key: (value.detach().cpu().clone() if torch.is_tensor(value) else value)
                   for key, value in state.items()
-                  if not (torch.is_tensor(value) and value.shape == flat.shape)}  # the step count
+                  if not (torch.is_tensor(value) and value.shape == flats[0].shape)}  # the step count
         groups.append({"hyper": {key: value for key, value in group.items() if key != "params"}, "state": shared})
     scheduler = engine.lr_scheduler.state_dict() if engine.lr_scheduler is not None else None
     return {"stage": zero_stage(engine), "params": params, "groups": groups, "lr_scheduler": scheduler,
@@ -147,13 +154,12 @@ def _state_view(fragment: Fragment, key: str) -> torch.Tensor:
 
 def _restore_groups(engine, groups: list[dict[str, Any]]) -> None:
     """Adam's per-group hyperparameters (the scheduled lr) and unpartitioned state (the step count)."""
-    mine = _groups(engine)
+    mine = optimizer_groups(engine)
     if len(mine) != len(groups):
-        raise ValueError(f"the checkpoint's optimizer has {len(groups)} parameter groups, this one {len(mine)} "
-                         "(a different zero.sub_group_size?)")
-    for (optimizer, group), saved in zip(mine, groups):
+        raise ValueError(f"the checkpoint's optimizer has {len(groups)} parameter groups, this one {len(mine)}")
+    for (optimizer, group, flats), saved in zip(mine, groups):
         group.update(saved["hyper"])
-        for flat in group["params"]:
+        for flat in flats:
             state = optimizer.state.setdefault(flat, {})
             for key, value in saved["state"].items():
                 state[key] = value.clone().to(flat.device) if torch.is_tensor(value) else value
