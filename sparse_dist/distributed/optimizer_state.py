@@ -52,8 +52,8 @@ def optimizer_groups(engine) -> list[tuple[torch.optim.Optimizer, dict, list[tor
 
 def optimizer_fragments(engine) -> dict[str, Any] | None:
     """This rank's fragments of the fp32 masters and Adam moments, and the unpartitioned optimizer state;
-    None under ZeRO-0 (whose checkpoint is whole on every rank). Needs no communication. Stages: 1, 2, 3
-    (fp32 or bf16 masters; without optimizer offload to NVMe)."""
+    None under ZeRO-0 (whose checkpoint is whole on every rank). Needs no communication. Stages: 1, 2, 3;
+    tested in fp32 without optimizer offload (the CPU runs), which is what the tests can reach."""
     if zero_stage(engine) == 0:
         return None
     params = {}
