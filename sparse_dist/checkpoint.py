@@ -299,8 +299,9 @@ class Checkpointer:
     def load_latest(self, engine) -> tuple[int, list[dict[str, Any]]] | None:
         """Restore the newest good checkpoint into ``engine``; return (step, trainer states).
 
-        The states are ``[this rank's own]`` when the world size is unchanged, else every rank's that
-        wrote the checkpoint (for resharding the pruning state). Returns None when there is no
+        On another world size under ZeRO 1-3 the engine's optimizer state is assembled from the saved
+        optimizer fragments. The states are ``[this rank's own]`` when the world size is unchanged, else
+        every rank's that wrote the checkpoint (for resharding the pruning state). Returns None when there is no
         checkpoint. A checkpoint that fails verification is reported with its path and skipped for the
         previous one; one of another run is refused (:func:`check_manifest`). All ranks call; they agree
         on the choice.
