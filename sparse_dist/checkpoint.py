@@ -316,7 +316,10 @@ class Checkpointer:
             elastic = written_by != self.env.world_size and self.signature["zero.stage"] > 0
             self._load_engine(engine, path, elastic, written_by)
             ranks = [self.env.rank] if written_by == self.env.world_size else range(written_by)
-            states = [torch.load(path / f"trainer_rank{r}.pt", map_location="cpu", weights_only=False) for r in ranks]
+            # Every old rank's state is opened on another world size; memory-mapped, a rank reads only the
+            # parts of the statistics and teacher partitions that overlap its own fragments.
+            states = [torch.load(path / f"trainer_rank{r}.pt", map_location="cpu", weights_only=False,
+                                 mmap=written_by != self.env.world_size) for r in ranks]
             if written_by != self.env.world_size:
                 log.warning("%s was written by %d ranks, this job has %d: %s and teacher state resharded",
                             path, written_by, self.env.world_size,

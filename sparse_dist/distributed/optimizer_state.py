@@ -10,6 +10,13 @@ A run on another number of ranks builds its own fragments and copies into them t
 of the saved ones (:func:`load_optimizer_fragments`). Each rank reads only the byte ranges it needs
 (the files are memory-mapped), so no rank ever holds the whole model's optimizer state, and the
 restored values are the saved ones bit for bit.
+
+Why not DeepSpeed's universal checkpoint (``ds_to_universal``, then ``load_universal``): it is a separate
+conversion between the two jobs, one process that reads every rank's files and writes every parameter's
+whole fp32 weight and moments once more; every new rank then loads each whole parameter to cut its slice
+out; under ZeRO 1-2 it needs Megatron's ``universal_checkpoint_info`` (or ``--inject_missing_state``); and
+the pruning state and teacher would still move by fragments. Saving fragments costs about the size of
+DeepSpeed's optimizer files once more per checkpoint and nothing at resume time but the reads.
 """
 
 from __future__ import annotations
