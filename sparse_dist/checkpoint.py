@@ -301,8 +301,8 @@ class Checkpointer:
 
         On another world size under ZeRO 1-3 the engine's optimizer state is assembled from the saved
         optimizer fragments. The states are ``[this rank's own]`` when the world size is unchanged, else
-        every rank's that wrote the checkpoint (for resharding the pruning state). Returns None when there is no
-        checkpoint. A checkpoint that fails verification is reported with its path and skipped for the
+        every rank's that wrote the checkpoint (for resharding the pruning state). Returns None when there
+        is no checkpoint. A checkpoint that fails verification is reported with its path and skipped for the
         previous one; one of another run is refused (:func:`check_manifest`). All ranks call; they agree
         on the choice.
         """
@@ -328,10 +328,8 @@ class Checkpointer:
             return manifest["step"], states
         return None
 
-
     def _load_engine(self, engine, path: Path, elastic: bool, written_by: int) -> None:
         """DeepSpeed's state from ``path``; ``elastic``: written by another number of ranks under ZeRO 1-3."""
-        load_path = str(path)
         if not elastic:
             load_path, _ = engine.load_checkpoint(str(self.directory), tag=path.name, load_optimizer_states=True,
                                                   load_lr_scheduler_states=True)
@@ -341,8 +339,10 @@ class Checkpointer:
             # which the fragments then overwrite with the saved fp32 values.
             load_path, _ = engine.load_checkpoint(str(self.directory), tag=path.name, load_optimizer_states=False,
                                                   load_lr_scheduler_states=True)
-        # ZeRO-3 without its optimizer state would rebuild the whole fp32 model on every rank
-        # (zero_to_fp32); the fragments hold everything DeepSpeed's files would give.
+        else:
+            # DeepSpeed's ZeRO-3 load without its optimizer state would rebuild the whole fp32 model on every
+            # rank (zero_to_fp32); the fragments hold all it would restore.
+            load_path = str(path)
         if load_path is None:
             raise CheckpointError(f"{path}: DeepSpeed could not load the engine state")
         if elastic:
