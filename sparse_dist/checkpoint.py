@@ -8,10 +8,15 @@ marker replaced (write to a temporary file, ``os.replace``). A save interrupted 
 ``latest`` naming the previous complete checkpoint. On load the manifest is checked; a checkpoint
 that fails the check is reported with its path and the one before it is used.
 
+Under ZeRO 1-3 each rank also writes ``optimizer_fragments_rank<R>.pt``, its fragments of the fp32
+master weights and Adam moments (:mod:`sparse_dist.distributed.optimizer_state`). The same number of
+ranks resumes from DeepSpeed's own files; another number assembles its partitions from these
+fragments, as the pruning and teacher state is (elastic resume).
+
 Every manifest carries the run's signature (:func:`run_signature`): everything that decides what a
 checkpoint holds. :func:`check_run_dir` refuses, before anything in the run directory is touched, to
 start a run beside checkpoints of another run (another method, model, task, ZeRO stage, ...; another
-world size under ZeRO 1-3, whose optimizer state is partitioned by rank count), to resume past
+world size under ZeRO 1-3 for a checkpoint written without optimizer fragments), to resume past
 ``training.max_steps``, or to start over beside old checkpoints (``checkpoint.resume=false``).
 """
 
@@ -30,11 +35,17 @@ import torch.distributed as dist
 
 from sparse_dist.config import ConfigError, RunConfig
 from sparse_dist.distributed.env import DistEnv
+from sparse_dist.distributed.optimizer_state import load_optimizer_fragments, optimizer_fragments
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 LATEST = "latest"
+
+
+def fragments_file(rank: int) -> str:
+    """Name of rank ``rank``'s optimizer fragments in a checkpoint directory (ZeRO 1-3)."""
+    return f"optimizer_fragments_rank{rank}.pt"
 
 
 class CheckpointError(RuntimeError):
@@ -125,12 +136,14 @@ def check_manifest(path: Path, manifest: dict[str, Any], signature: dict[str, An
         raise ConfigError(f"job.run_dir: {path} is a checkpoint of another run: {'; '.join(differences)}. Use a new "
                           f"job.run_dir, or delete {path.parent} to start over in this one")
     written_by, stage = manifest["world_size"], signature["zero.stage"]
-    if written_by != world_size and stage > 0:
+    missing = [fragments_file(r) for r in range(written_by) if fragments_file(r) not in manifest.get("files", {})]
+    if written_by != world_size and stage > 0 and missing:
         raise ConfigError(
             f"world_size: {path} was written by {written_by} ranks under ZeRO-{stage} and this job has "
-            f"{world_size}: DeepSpeed's ZeRO-{stage} optimizer state is partitioned over the ranks that wrote it and "
-            f"cannot be loaded by another number of ranks. Resume with {written_by} ranks (sparse_dist reshards its "
-            f"own pruning and teacher state), or use a new job.run_dir")
+            f"{world_size}, but it holds no optimizer fragments ({missing[0]}; checkpoints written before elastic "
+            f"resume have none), and DeepSpeed's own ZeRO-{stage} files cannot be loaded by another number of ranks. "
+            f"Resume with {written_by} ranks (a checkpoint it saves can then move to any number), or use a new "
+            "job.run_dir")
 
 
 def check_run_dir(directory: Path, signature: dict[str, Any], world_size: int, resume: bool, max_steps: int) -> None:
@@ -202,6 +215,11 @@ class Checkpointer:
         own = path / f"trainer_rank{self.env.rank}.pt"
         torch.save(trainer_state, own.with_suffix(".tmp"))
         os.replace(own.with_suffix(".tmp"), own)
+        fragments = optimizer_fragments(engine)
+        if fragments is not None:  # ZeRO 1-3: what another world size restores the optimizer from
+            own = path / fragments_file(self.env.rank)
+            torch.save(fragments, own.with_suffix(".tmp"))
+            os.replace(own.with_suffix(".tmp"), own)
         dist.barrier()
         self._write_manifest(path, step)
         if self.env.is_main:
@@ -281,9 +299,10 @@ class Checkpointer:
     def load_latest(self, engine) -> tuple[int, list[dict[str, Any]]] | None:
         """Restore the newest good checkpoint into ``engine``; return (step, trainer states).
 
-        The states are ``[this rank's own]`` when the world size is unchanged, else every rank's that
-        wrote the checkpoint (for resharding the pruning state). Returns None when there is no
-        checkpoint. A checkpoint that fails verification is reported with its path and skipped for the
+        On another world size under ZeRO 1-3 the engine's optimizer state is assembled from the saved
+        optimizer fragments. The states are ``[this rank's own]`` when the world size is unchanged, else
+        every rank's that wrote the checkpoint (for resharding the pruning state). Returns None when there
+        is no checkpoint. A checkpoint that fails verification is reported with its path and skipped for the
         previous one; one of another run is refused (:func:`check_manifest`). All ranks call; they agree
         on the choice.
         """
@@ -294,18 +313,40 @@ class Checkpointer:
                 continue
             check_manifest(path, manifest, self.signature, self.env.world_size)
             written_by = manifest["world_size"]
-            load_path, _ = engine.load_checkpoint(str(self.directory), tag=path.name, load_optimizer_states=True,
-                                                  load_lr_scheduler_states=True)
-            if load_path is None:
-                raise CheckpointError(f"{path}: DeepSpeed could not load the engine state")
+            elastic = written_by != self.env.world_size and self.signature["zero.stage"] > 0
+            self._load_engine(engine, path, elastic, written_by)
             ranks = [self.env.rank] if written_by == self.env.world_size else range(written_by)
-            states = [torch.load(path / f"trainer_rank{r}.pt", map_location="cpu", weights_only=False) for r in ranks]
+            # Every old rank's state is opened on another world size; memory-mapped, a rank reads only the
+            # parts of the statistics and teacher partitions that overlap its own fragments.
+            states = [torch.load(path / f"trainer_rank{r}.pt", map_location="cpu", weights_only=False,
+                                 mmap=written_by != self.env.world_size) for r in ranks]
             if written_by != self.env.world_size:
-                log.warning("%s was written by %d ranks, this job has %d: pruning and teacher state resharded",
-                            path, written_by, self.env.world_size)
+                log.warning("%s was written by %d ranks, this job has %d: %s and teacher state resharded",
+                            path, written_by, self.env.world_size,
+                            "optimizer, pruning" if elastic else "pruning")
             log.info("resumed from %s (step %d)", path, manifest["step"])
             return manifest["step"], states
         return None
+
+    def _load_engine(self, engine, path: Path, elastic: bool, written_by: int) -> None:
+        """DeepSpeed's state from ``path``; ``elastic``: written by another number of ranks under ZeRO 1-3."""
+        if not elastic:
+            load_path, _ = engine.load_checkpoint(str(self.directory), tag=path.name, load_optimizer_states=True,
+                                                  load_lr_scheduler_states=True)
+        elif self.signature["zero.stage"] < 3:
+            # DeepSpeed's module file of ZeRO 1-2 is whole (any world size reads it): weights, buffers, frozen
+            # parameters, scheduler. Without its optimizer state DeepSpeed copies the module into the masters,
+            # which the fragments then overwrite with the saved fp32 values.
+            load_path, _ = engine.load_checkpoint(str(self.directory), tag=path.name, load_optimizer_states=False,
+                                                  load_lr_scheduler_states=True)
+        else:
+            # DeepSpeed's ZeRO-3 load without its optimizer state would rebuild the whole fp32 model on every
+            # rank (zero_to_fp32); the fragments hold all it would restore.
+            load_path = str(path)
+        if load_path is None:
+            raise CheckpointError(f"{path}: DeepSpeed could not load the engine state")
+        if elastic:
+            load_optimizer_fragments(engine, [path / fragments_file(r) for r in range(written_by)])
 
 
 def rng_state() -> dict[str, Any]:

@@ -1,5 +1,7 @@
 """Exact resume, preemption, crash safety, corrupt checkpoints, and resuming on another world size.
 
+(ZeRO 1-3 on another world size, the optimizer state included: ``test_elastic_resume.py``.)
+
 Runs are PINS with self-regularization (importance statistics, masks, a teacher that is updated at
 evaluations) with dropout on, so that every piece of state, RNG included, must come back for the
 resumed run to end bit for bit where the uninterrupted one does.
@@ -225,11 +227,18 @@ def resume_elsewhere(stage: int, run_dir: str) -> str:
     return ""
 
 
-def test_a_zero_checkpoint_says_clearly_that_it_needs_its_world_size(tmp_path):
-    run_dir = str(tmp_path / "run")
-    run_distributed(stop_after, 2, 2, run_dir)
-    message = run_distributed(resume_elsewhere, 1, 2, run_dir)[0]
-    assert "written by 2 ranks under ZeRO-2 and this job has 1" in message
+def test_a_zero_checkpoint_without_optimizer_fragments_says_clearly_that_it_needs_its_world_size(tmp_path):
+    # As a checkpoint written before elastic resume: DeepSpeed's files only, which need their world size.
+    run_dir = tmp_path / "run"
+    run_distributed(stop_after, 2, 2, str(run_dir))
+    for path in (run_dir / "checkpoints").glob("step*"):
+        manifest = json.loads((path / "manifest.json").read_text())
+        for old in path.glob("optimizer_fragments_rank*.pt"):
+            old.unlink()
+            del manifest["files"][old.name]
+        (path / "manifest.json").write_text(json.dumps(manifest))
+    message = run_distributed(resume_elsewhere, 1, 2, str(run_dir))[0]
+    assert "written by 2 ranks under ZeRO-2 and this job has 1, but it holds no optimizer fragments" in message
     assert "Resume with 2 ranks" in message
 
 

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None, prog: str = "sparse-dist export") -> int
     env = init_distributed()
     init_logging(env.rank)
     try:
-        trainer = Trainer(config, env)  # refuses another world size under ZeRO 1-3, with one line
+        trainer = Trainer(config, env)  # refuses another run's checkpoints (or an old ZeRO one on another world size)
     except ConfigError as error:
         if env.is_main:
             print(f"config error: {error}", file=sys.stderr)
