@@ -383,7 +383,7 @@ class Trainer:
         """Everything worth keeping: the pruned model in ``directory/model`` and, for SMP, the mask-only
         artifact in ``directory/mask``. All ranks call."""
         self.export_model(directory / "model")
-        if self.config.pruning.method == "smp":
+        if self.pruner.freezes_weights:  # the base model's weights are unchanged: the mask is the pruned model
             export_mask_artifact(self.built, self.pruner, directory / "mask", self.comm, self.env.is_main,
                                  base=self.config.model.name_or_path, seed=self.config.job.seed)
 

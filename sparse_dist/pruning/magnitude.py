@@ -19,6 +19,8 @@ from sparse_dist.pruning.scopes import uniform_ks
 
 
 class MagnitudePruner(Pruner):
+    scopes = ("local", "global")
+
     def attach(self, engine) -> None:
         named = [(f"{site.name}.weight", self.pretrained.get_submodule(site.name).weight) for site in self.sites]
         frozen = [name for name, param in named if not param.requires_grad]
