@@ -65,7 +65,7 @@ class DataConfig:
     """Which task and where its data comes from."""
 
     task: str = "sst2"
-    """GLUE task (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli) or webnlg."""
+    """A task of sparse_dist.tasks: GLUE (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli) or webnlg."""
     local_dir: str | None = None
     """Directory in the layout of ../shared/data; if it does not exist the hub dataset is used."""
     max_seq_length: int = 128
@@ -384,10 +384,6 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
 # Validation: value ranges and cross-field rules
 # --------------------------------------------------------------------------------------------------
 
-GLUE_TASKS = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")
-TASKS = (*GLUE_TASKS, "webnlg")
-
-
 def _require(condition: bool, key: str, message: str, value: Any) -> None:
     if not condition:
         raise ConfigError(f"{key}: {message}, got {value!r}")
@@ -398,6 +394,8 @@ def validate(config: RunConfig) -> None:
     t, o, z, e, c, d, m = (config.training, config.optimizer, config.zero, config.eval, config.checkpoint,
                            config.data, config.metrics)
     _require(config.world_size >= 1, "world_size", "must be >= 1 (from the WORLD_SIZE variable)", config.world_size)
+    from sparse_dist.tasks import TASKS  # the one registry of tasks (no torch: cheap to import)
+
     _require(d.task in TASKS, "data.task", f"must be one of {', '.join(TASKS)}", d.task)
     _require(d.max_seq_length >= 8, "data.max_seq_length", "must be >= 8", d.max_seq_length)
     _require(d.max_target_length >= 1, "data.max_target_length", "must be >= 1", d.max_target_length)

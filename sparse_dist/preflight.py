@@ -22,9 +22,9 @@ from pathlib import Path
 from sparse_dist.checkpoint import check_run_dir, completion_mismatch, run_signature
 from sparse_dist.config import ConfigError, RunConfig
 from sparse_dist.data.load import check_data_source
-from sparse_dist.data.tasks import get_task
 from sparse_dist.distributed.deepspeed_config import resolve_precision
 from sparse_dist.distributed.env import device_capabilities
+from sparse_dist.tasks import get_task
 
 
 def check_run(config: RunConfig) -> None:

@@ -33,7 +33,6 @@ from sparse_dist.checkpoint import (
 from sparse_dist.config import OptimizerConfig, RunConfig, dump_config
 from sparse_dist.data.sampler import TrainBatchSampler
 from sparse_dist.data.task_data import build_task_data, build_train_loader
-from sparse_dist.data.tasks import get_task
 from sparse_dist.distill.build import build_distiller
 from sparse_dist.distill.losses import loss_units
 from sparse_dist.distributed.comm import TorchCommunicator
@@ -47,6 +46,7 @@ from sparse_dist.observe import build_metrics_logger, build_progress_bar, memory
 from sparse_dist.preemption import StopRequest
 from sparse_dist.pruning.build import build_pruner
 from sparse_dist.pruning.export import export_mask_artifact, export_pruned_model
+from sparse_dist.tasks import get_task
 
 log = logging.getLogger(__name__)
 

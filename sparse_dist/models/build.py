@@ -19,9 +19,6 @@ from typing import Any
 import torch
 from transformers import (
     AutoConfig,
-    AutoModelForMaskedLM,
-    AutoModelForSeq2SeqLM,
-    AutoModelForSequenceClassification,
     AutoTokenizer,
     PretrainedConfig,
     PreTrainedModel,
@@ -31,10 +28,10 @@ from transformers import logging as hf_logging
 
 from sparse_dist.config import ConfigError, ModelConfig
 from sparse_dist.data.encode import ModelKind
-from sparse_dist.data.tasks import TaskSpec
 from sparse_dist.models.label_order import apply_label_order, checkpoint_labels, compute_label_order
 from sparse_dist.models.label_words import build_label_word_classifier
 from sparse_dist.models.tiny import tiny_checkpoint, tiny_model_names
+from sparse_dist.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +97,7 @@ def check_model_for_task(config: PretrainedConfig, task: TaskSpec, name: str, he
     classifier of other classes); return the order that puts a fine-tuned classifier's outputs in the
     task's class order (None: already in order). Raises :class:`ConfigError` naming ``key``."""
     kind = model_kind(config)
-    if kind == "encoder" and task.kind == "generation":
-        raise ConfigError(f"{key}: {name} is an encoder ({config.model_type}); task {task.name} needs a "
-                          "text-to-text model such as T5")
+    task.type.check_model(task, kind, name, config.model_type, key)
     if kind != "encoder" or head == "label_words":  # label words are spoken in the task's order
         return None
     return compute_label_order(checkpoint_labels(config), task, key, name)
@@ -130,12 +125,7 @@ def build_model(model_cfg: ModelConfig, task: TaskSpec, deepspeed_config: dict[s
     config = load_checkpoint_config(model_cfg.name_or_path, key)
     kind = model_kind(config)
     label_order = check_model_for_task(config, task, model_cfg.name_or_path, model_cfg.head, key)
-    if kind == "encoder":
-        config.num_labels = task.num_labels
-        config.problem_type = "regression" if task.kind == "regression" else "single_label_classification"
-        if task.label_names:
-            config.id2label = dict(enumerate(task.label_names))
-            config.label2id = {name: i for i, name in enumerate(task.label_names)}
+    task.type.configure_model(task, config, kind)
     if model_cfg.dropout is not None:
         for dropout_key in _DROPOUT_KEYS:
             if hasattr(config, dropout_key):
@@ -148,10 +138,7 @@ def build_model(model_cfg: ModelConfig, task: TaskSpec, deepspeed_config: dict[s
     unset_hf_deepspeed_config()
     integration = HfDeepSpeedConfig(deepspeed_config) if deepspeed_config["zero_optimization"]["stage"] == 3 else None
     label_words = kind == "encoder" and model_cfg.head == "label_words"
-    if kind == "seq2seq":
-        model_class = AutoModelForSeq2SeqLM
-    else:
-        model_class = AutoModelForMaskedLM if label_words else AutoModelForSequenceClassification
+    model_class = task.type.model_class(kind, label_words)
     with torch.random.fork_rng(devices=[]), _quiet_transformers():
         torch.manual_seed(seed)
         pretrained, info = model_class.from_pretrained(source, config=config, output_loading_info=True)

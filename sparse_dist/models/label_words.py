@@ -30,8 +30,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from sparse_dist.data.tasks import TaskSpec
 from sparse_dist.distributed.gather import is_partitioned
+from sparse_dist.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -120,4 +120,4 @@ def build_label_word_classifier(mlm: PreTrainedModel, tokenizer: PreTrainedToken
         raise ValueError(f"task {task.name} has no label words; SMP's label-word head needs them")
     ids = label_word_ids(tokenizer, task.label_words)
     log.info("label-word head: %s -> token ids %s", ", ".join(task.label_words), ids)
-    return LabelWordClassifier(mlm, ids, regression=task.kind == "regression")
+    return LabelWordClassifier(mlm, ids, regression=task.type.regression)
