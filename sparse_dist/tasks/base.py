@@ -57,8 +57,16 @@ class TaskType:
 
     # --- the model ----------------------------------------------------------------------------------
 
-    def check_model(self, task: TaskSpec, kind: str, name: str, model_type: str, key: str) -> None:
-        """Refuse a model interface this type cannot serve (raises :class:`ConfigError` naming ``key``)."""
+    def check_model(self, task: TaskSpec, kind: str, config: PretrainedConfig, name: str, head: str,
+                    key: str) -> list[int] | None:
+        """Refuse a model this type cannot serve through interface ``kind`` with ``head`` (a classifier of
+        other classes); return the order that puts a fine-tuned classifier's outputs in the task's class order
+        (None: already in order). Raises :class:`ConfigError` naming ``key``."""
+        if kind != "encoder" or head == "label_words":  # label words are spoken in the task's order
+            return None
+        from sparse_dist.models.label_order import checkpoint_labels, compute_label_order
+
+        return compute_label_order(checkpoint_labels(config), task, key, name)
 
     def model_class(self, kind: str, label_words: bool):
         """The ``transformers`` auto class to load the model with."""

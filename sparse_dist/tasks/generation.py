@@ -24,10 +24,11 @@ class TextGeneration(TaskType):
     def train_examples(self, raw):
         return raw.map(_expand_references, batched=True, remove_columns=raw.column_names, keep_in_memory=True)
 
-    def check_model(self, task, kind: str, name: str, model_type: str, key: str) -> None:
+    def check_model(self, task, kind: str, config, name: str, head: str, key: str) -> None:
         if kind == "encoder":
-            raise ConfigError(f"{key}: {name} is an encoder ({model_type}); task {task.name} needs a "
+            raise ConfigError(f"{key}: {name} is an encoder ({config.model_type}); task {task.name} needs a "
                               "text-to-text model such as T5")
+        return None
 
     def source_segments(self, task, example: dict[str, Any]) -> list[tuple[str, bool]]:
         triples = " && ".join(t.replace("_", " ") for t in example["triples"])
