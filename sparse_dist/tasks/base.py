@@ -36,6 +36,10 @@ class TaskType:
     """What ``TaskSpec.kind`` reports: classification, regression, generation, ..."""
     label_dtype = "int64"
     """The ``datasets`` dtype of the canonical ``label`` column."""
+    problem_type = "single_label_classification"
+    """The encoder head's ``problem_type`` in the transformers config (which loss it computes)."""
+    regression = False
+    """Whether outputs are scores: MSE in the label-word head and in distillation, not distributions."""
 
     # --- data ---------------------------------------------------------------------------------------
 
@@ -85,9 +89,6 @@ class TaskType:
         if task.label_names:
             config.id2label = dict(enumerate(task.label_names))
             config.label2id = {name: i for i, name in enumerate(task.label_names)}
-
-    problem_type = "single_label_classification"
-    """The encoder head's ``problem_type`` (its loss)."""
 
     def head_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The task loss of a head built here (SMP's label-word head), the same as transformers' heads."""
@@ -215,6 +216,3 @@ class TaskType:
         if adaptive:
             return adaptive_kd(student, teacher, labels, self.regression, temperature)
         return standard_kd(student, teacher, labels, self.regression, alpha_ce, alpha_kd, temperature)
-
-    regression = False
-    """Whether the distillation losses compare scores (MSE) rather than distributions."""
