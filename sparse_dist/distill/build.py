@@ -14,7 +14,7 @@ from sparse_dist.tasks import TaskSpec
 def build_distiller(config: DistillConfig, model_cfg: ModelConfig, task: TaskSpec, built, engine, pruner,
                     ds_config: dict, comm, env, seed: int) -> Distiller:
     """No distillation, an external teacher, or self-regularization (PINS). All ranks call."""
-    losses = task.type  # the task type says which logits are compared, and how
+    task_type = task.type  # which logits are compared, and with which losses
 
     def offloaded(name_or_path: str, head: str, key: str) -> OffloadedTeacher:
         teacher_cfg = replace(model_cfg, name_or_path=name_or_path, head=head, gradient_checkpointing=False)
@@ -24,11 +24,11 @@ def build_distiller(config: DistillConfig, model_cfg: ModelConfig, task: TaskSpe
     if config.teacher:
         external = offloaded(config.teacher, teacher_head(config.teacher, model_cfg.head), "distill.teacher")
     if not config.self_regularization:
-        return ExternalDistillation(config, external, losses) if external else Distiller()
+        return ExternalDistillation(config, external, task_type) if external else Distiller()
     if pruner.freezes_weights:  # SMP's weights never change: a teacher is an older mask
         def make_teacher():
             return MaskTeacher(engine.module, pruner, comm)
     else:
         def make_teacher():
             return offloaded(model_cfg.name_or_path, model_cfg.head, "model.name_or_path")
-    return SelfRegularization(config, make_teacher, built.model, losses, external=external)
+    return SelfRegularization(config, make_teacher, built.model, task_type, external=external)
