@@ -173,6 +173,21 @@ def main_process_first(env: DistEnv):
             dist.barrier()
 
 
+def node_rank() -> int:
+    """This process's node within the job: torchrun's GROUP_RANK (one agent per node), else SLURM_NODEID,
+    else 0. Needs no process group."""
+    return int(os.environ.get("GROUP_RANK", os.environ.get("SLURM_NODEID", "0")))
+
+
+def log_placement(env: DistEnv) -> None:
+    """One line from every rank, whatever its log level: its host, node rank and local rank, so that the
+    log of a multi-node job shows where each rank ran. Each rank calls it once."""
+    placement = logging.getLogger("sparse_dist.placement")
+    placement.setLevel(logging.INFO)  # above the WARNING of ranks other than 0, for this line only
+    placement.info("rank %d of %d on host %s: node rank %d, local rank %d", env.rank, env.world_size,
+                   socket.gethostname(), node_rank(), env.local_rank)
+
+
 class _RankFormatter(logging.Formatter):
     def __init__(self, rank: int):
         super().__init__(f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
