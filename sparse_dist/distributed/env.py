@@ -28,6 +28,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from sparse_dist.distributed.ops import use_venv_ninja
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -151,7 +153,9 @@ def init_distributed() -> DistEnv:
         bind = {"device_id": device} if device.type == "cuda" and world_size > 1 else {}  # as DeepSpeed does
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=default_pg_timeout,
                                 **bind)
-    # DeepSpeed adopts the group made above; under torchrun it makes it, env:// on the agent's store.
+    # DeepSpeed adopts the group made above; under torchrun it makes it, env:// on the agent's store. On CPU
+    # it also loads its shared-memory op, built with the same ninja as every other build (see ops.py).
+    use_venv_ninja()
     ds_init_distributed(dist_backend=backend, verbose=False)
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # Ranks sharing a machine share its cores; one thread pool per rank of all cores oversubscribes.
