@@ -8,6 +8,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +19,8 @@ import pytest
 import torch
 from conftest import REPO
 from slurm_two_nodes import NODES, TwoNodeCluster, missing_requirements
+
+from sparse_dist.distributed.ops import OPS, extensions_dir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -25,16 +31,31 @@ FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(tmp_path_factory, request):
     problem = missing_requirements()
     if problem:
         pytest.skip(f"cannot start a two-node SLURM cluster: {problem}")
     cluster = TwoNodeCluster(tmp_path_factory.mktemp("slurm2"))
+    cluster.env["TORCH_EXTENSIONS_DIR"] = str(request.getfixturevalue("ops_dir"))  # every job's environment
     cluster.start()
     try:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def ops_dir(tmp_path_factory) -> Path:
+    """The built C++ ops for the jobs, in a private copy of this user's extension directory: a run elsewhere on
+    this machine (with another ninja, or other sources) cannot force a rebuild of minutes in the middle of
+    a test, and a node killed here cannot leave a lock there (see sparse_dist/distributed/ops.py)."""
+    private = tmp_path_factory.mktemp("torch_extensions")
+    for op in OPS:
+        if (extensions_dir() / op).is_dir():  # copy2: the modification times ninja compares are kept
+            shutil.copytree(extensions_dir() / op, private / op, ignore=shutil.ignore_patterns("lock"))
+    subprocess.run([sys.executable, "-m", "sparse_dist.distributed.ops"], check=True, capture_output=True,
+                   env={**os.environ, "TORCH_EXTENSIONS_DIR": str(private), "PYTHONPATH": str(REPO)})
+    return private
 
 
 def submit(cluster, run_dir: Path, logs: Path, data_dir: Path, nodes: int, ranks_per_node: int) -> int:
@@ -106,6 +127,8 @@ def differences(a, b, where: str = "") -> list[str]:
         return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{where}[{i}]")]
     if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):  # numpy's RNG state
         return [] if a.dtype == b.dtype and np.array_equal(a, b) else [f"{where}: arrays differ"]
+    if type(a) is type(b) and hasattr(a, "__dict__") and type(a).__eq__ is object.__eq__:  # DeepSpeed's loss scaler
+        return differences(vars(a), vars(b), where)
     return [] if a == b else [f"{where}: {a!r:.80} != {b!r:.80}"]
 
 
@@ -147,6 +170,52 @@ def test_two_nodes_one_rank_each_match_one_node_with_two_ranks(cluster, two_node
     assert compared > 10 and not found, found
     last = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
     state = torch.load(last / "trainer_rank1.pt", map_location="cpu", weights_only=False)
-    assert state["distiller"]["teacher"]["masks"], "the teacher was not among what was compared"
+    teacher = state["distiller"]["teacher"]  # this rank's partition of every teacher weight
+    assert len(teacher) > 10 and all(isinstance(t, torch.Tensor) for t in teacher.values()), "no teacher compared"
     final_a = json.loads((run_dir / "COMPLETED").read_text())["final"]
     assert final_a == json.loads((one_node_dir / "COMPLETED").read_text())["final"]
+
+
+def test_a_node_killed_mid_run_stops_the_job_which_is_requeued_and_finishes_from_its_checkpoint(
+        cluster, two_node_run, tmp_path, data_dir):
+    run_dir, logs = tmp_path / "run", tmp_path / "logs"
+    job = submit(cluster, run_dir, logs, data_dir, nodes=2, ranks_per_node=1)
+    log_file, latest = logs / f"pins-t5-large-{job}.out", run_dir / "checkpoints" / "latest"
+    deadline = time.monotonic() + 600
+    while not latest.exists():  # the first checkpoint (step 4 of 12) is saved
+        assert time.monotonic() < deadline, "no checkpoint in 600 s"
+        assert not finished(cluster.job(job)), log_file.read_text()[-3000:]
+        time.sleep(0.1)
+
+    # Node 1 dies: its torchrun agent and rank, everything of the job step in its namespace (its slurmd and
+    # slurmstepd live on, as a node's daemons would not, so that SLURM reports the step's failure at once).
+    killed = cluster.kill_node_processes(1)
+    killed_at, saved = time.monotonic(), latest.read_text().strip()
+    assert any("torchrun" in command for command in killed.values()), killed
+    assert any("launch/train.py" in command and "torchrun" not in command for command in killed.values()), killed
+
+    # The other node's ranks stop (no rank waits on the dead one), and the job is requeued, not completed.
+    fields = cluster.wait(job, lambda f: int(f.get("Restarts", 0)) >= 1 or finished(f), 120, "requeued")
+    requeued_s = time.monotonic() - killed_at
+    assert int(fields.get("Restarts", 0)) == 1 and fields["JobState"] != "COMPLETED", log_file.read_text()[-3000:]
+    while any("launch/train.py" in c for node in (0, 1) for c in cluster.node_processes(node).values()):
+        assert time.monotonic() - killed_at < 120, cluster.node_processes(0)
+        time.sleep(0.5)
+    stopped_s = time.monotonic() - killed_at
+    first_attempt = log_file.read_text()
+    assert re.search(rf"ranks failed \(exit status \d+\) after saving step\d+: requeueing job {job}", first_attempt)
+    assert "run complete" not in first_attempt
+
+    # SLURM holds a requeued job back a while: release it now. It resumes from the last checkpoint.
+    cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    fields = cluster.wait(job, finished, 900, "finished after the requeue")
+    log = log_file.read_text()
+    assert fields["JobState"] == "COMPLETED", log[-4000:]
+    assert f"job {job} (restart 1)" in log
+    resumed = re.search(r"resumed from \S+ \(step (\d+)\)", log)
+    assert resumed and 0 < int(resumed.group(1)) < 12, log[-4000:]
+    assert int(resumed.group(1)) >= int(saved.removeprefix("step"))
+    compared, found = compare_runs(two_node_run[0], run_dir)
+    assert compared > 10 and not found, found
+    print(f"killed {sorted(killed.values())} after {saved}; all ranks gone {stopped_s:.1f} s later, job requeued "
+          f"after {requeued_s:.1f} s, resumed from step {resumed.group(1)}; {compared} files bit for bit")
