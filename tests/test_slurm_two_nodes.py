@@ -25,7 +25,8 @@ from sparse_dist.distributed.ops import OPS, extensions_dir
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 # The tiny config's 12 steps (global batch 8, checkpoints every 4, evaluation every 4), as test_slurm.py runs
-# it; one CPU thread per rank, so that both layouts do the same arithmetic in the same order.
+# it. One CPU thread per rank in both layouts (the job script would give the one rank of a node both of
+# its CPUs): the number of threads can change how CPU kernels split their sums.
 OPTIONS = ("--gpus-per-node=0", "--cpus-per-task=2", "--mem=2G")
 FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
 
