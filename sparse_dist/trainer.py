@@ -37,7 +37,7 @@ from sparse_dist.distill.build import build_distiller
 from sparse_dist.distill.losses import loss_units
 from sparse_dist.distributed.comm import TorchCommunicator
 from sparse_dist.distributed.deepspeed_config import build_deepspeed_config, resolve_precision
-from sparse_dist.distributed.env import DistEnv, device_capabilities, main_process_first
+from sparse_dist.distributed.env import DistEnv, device_capabilities, log_placement, main_process_first
 from sparse_dist.distributed.gather import full_shape
 from sparse_dist.distributed.grad_norm import GradNormMeter
 from sparse_dist.evaluation import Evaluator
@@ -101,6 +101,7 @@ class Trainer:
     def __init__(self, config: RunConfig, env: DistEnv):
         self.config = config
         self.env = env
+        log_placement(env)
         self.run_dir = Path(config.job.run_dir)
         on_gpu = env.on_gpu
         self.precision = resolve_precision(config.training, on_gpu, device_capabilities()[1])
