@@ -21,6 +21,9 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
 	DS_BUILD_OPS=0 $(BIN)/pip install --quiet -e ".[test,bench,weights]"
+	# The C++ ops runs build on first use, built now: a rank killed while building one leaves a lock
+	# that every later launch would wait on (see sparse_dist/distributed/ops.py).
+	$(BIN)/python -m sparse_dist.distributed.ops
 	touch $@
 
 setup: $(VENV)/.installed

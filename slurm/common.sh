@@ -1,5 +1,6 @@
-# Shared by the job scripts in slurm/: validate, echo what runs, launch one torchrun per node, and turn
-# SLURM's signals into a checkpoint (and, for the time-limit warning, a requeue).
+# Shared by the job scripts in slurm/: validate, echo what runs, launch one torchrun per node, turn SLURM's
+# signals into a checkpoint (and, for the time-limit warning, a requeue), and requeue a job whose ranks
+# failed (a node lost, a rank killed) after it saved a checkpoint.
 #
 # Knobs (environment, with defaults):
 #   GPUS_PER_NODE   ranks per node (GPUs; on CPU-only nodes, processes)             8
@@ -63,9 +64,11 @@ launch() {
 
   # USR1 (#SBATCH --signal, ahead of the time limit, or scancel --signal=USR1 --batch): checkpoint, then
   # requeue. TERM (scancel, preemption): checkpoint and stop. The ranks save at their next step boundary.
-  local requeue=0
+  local requeue=0 stop=0
   trap 'echo "USR1: checkpointing, then requeueing"; requeue=1; kill -USR1 "$srun_pid" 2>/dev/null || true' USR1
-  trap 'echo "TERM: checkpointing, then stopping"; kill -TERM "$srun_pid" 2>/dev/null || true' TERM
+  trap 'echo "TERM: checkpointing, then stopping"; stop=1; kill -TERM "$srun_pid" 2>/dev/null || true' TERM
+  local latest="$run_dir/checkpoints/latest" saved_before saved_after
+  saved_before=$(cat "$latest" 2>/dev/null || true)
   srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c "$per_node" node "${command[@]}" &
   srun_pid=$!
   local status=0
@@ -80,6 +83,16 @@ launch() {
   fi
   if [ "$requeue" = 1 ]; then
     echo "run not complete: requeueing job ${SLURM_JOB_ID}"
+    scontrol requeue "$SLURM_JOB_ID"
+    exit 0
+  fi
+  # The ranks failed unasked: a node or a rank died (srun's --kill-on-bad-exit then ends the other nodes'
+  # ranks at once, none waits on a dead peer), or a collective broke. Requeue if this attempt saved a
+  # checkpoint, so the requeued job resumes past where this one started; a failure that repeats before
+  # the next checkpoint (a bug, bad data) then stops the job instead of requeueing it forever.
+  saved_after=$(cat "$latest" 2>/dev/null || true)
+  if [ "$stop" = 0 ] && [ "$status" != 0 ] && [ -n "$saved_after" ] && [ "$saved_after" != "$saved_before" ]; then
+    echo "ranks failed (exit status $status) after saving $saved_after: requeueing job ${SLURM_JOB_ID} to resume from it"
     scontrol requeue "$SLURM_JOB_ID"
     exit 0
   fi

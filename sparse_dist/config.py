@@ -65,7 +65,7 @@ class DataConfig:
     """Which task and where its data comes from."""
 
     task: str = "sst2"
-    """GLUE task (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli) or webnlg."""
+    """A task of sparse_dist.tasks: GLUE (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli) or webnlg."""
     local_dir: str | None = None
     """Directory in the layout of ../shared/data; if it does not exist the hub dataset is used."""
     max_seq_length: int = 128
@@ -384,10 +384,6 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
 # Validation: value ranges and cross-field rules
 # --------------------------------------------------------------------------------------------------
 
-GLUE_TASKS = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")
-TASKS = (*GLUE_TASKS, "webnlg")
-
-
 def _require(condition: bool, key: str, message: str, value: Any) -> None:
     if not condition:
         raise ConfigError(f"{key}: {message}, got {value!r}")
@@ -398,6 +394,8 @@ def validate(config: RunConfig) -> None:
     t, o, z, e, c, d, m = (config.training, config.optimizer, config.zero, config.eval, config.checkpoint,
                            config.data, config.metrics)
     _require(config.world_size >= 1, "world_size", "must be >= 1 (from the WORLD_SIZE variable)", config.world_size)
+    from sparse_dist.tasks import TASKS  # the one registry of tasks (no torch: cheap to import)
+
     _require(d.task in TASKS, "data.task", f"must be one of {', '.join(TASKS)}", d.task)
     _require(d.max_seq_length >= 8, "data.max_seq_length", "must be >= 8", d.max_seq_length)
     _require(d.max_target_length >= 1, "data.max_target_length", "must be >= 1", d.max_target_length)
@@ -433,38 +431,54 @@ def validate(config: RunConfig) -> None:
     dropout = config.model.dropout
     _require(dropout is None or 0 <= dropout < 1, "model.dropout", "must be in [0, 1) or null", dropout)
     _validate_pruning(config.pruning, config.training.max_steps)
+    method = pruning_method(config.pruning.method)
+    freezes_weights = method is not None and method.freezes_weights
     if config.model.head == "auto":
-        config.model.head = "label_words" if config.pruning.method == "smp" else "classifier"
-    _require(not (config.pruning.method == "smp" and config.model.head == "classifier"), "model.head",
-             "smp keeps the pretrained head frozen and needs label_words", config.model.head)
+        config.model.head = "label_words" if freezes_weights else "classifier"
+    _require(not (freezes_weights and config.model.head == "classifier"), "model.head",
+             f"{config.pruning.method} keeps the pretrained head frozen and needs label_words", config.model.head)
     k = config.distill
     _require(k.alpha_ce >= 0 and k.alpha_kd >= 0, "distill.alpha_kd", "weights must be >= 0", (k.alpha_ce, k.alpha_kd))
     _require(k.temperature > 0, "distill.temperature", "must be > 0", k.temperature)
 
 
-_SCOPES = {"magnitude": ("local", "global"), "movement": ("local", "per_type", "global"),
-           "soft_movement": ("global",), "smp": ("local", "per_type"), "platon": ("global",), "pins": ("global",)}
-_DEFAULT_SCOPES = {"magnitude": "global", "movement": "local", "soft_movement": "global", "platon": "global",
-                   "pins": "global"}  # smp has two variants and no default
-REGULARIZED_METHODS = ("soft_movement", "smp")
-"""Methods whose pruner adds the sigmoid-mass regulariser (their pruner class says ``regularized``)."""
-WINDOWED_METHODS = ("platon", "pins")
-"""Methods that choose masks from importance averaged over windows of ``window_steps``, at window ends."""
-EVERY_STEP_METHODS = ("movement", "soft_movement", "smp")
-"""Methods whose masks follow learned scores at every step (``prune_every_steps`` does not apply)."""
 DEFAULT_REGULARIZER_LAMBDA = 400.0
+
+
+def pruning_method(name: str):
+    """The pruner class of ``pruning.method`` (None for ``none``): its class attributes are the method's rules.
+
+    Imported here, not at the top: the pruning package needs torch, which a dense run's config does not."""
+    if name == "none":
+        return None
+    from sparse_dist.pruning.build import PRUNERS
+
+    return PRUNERS[name]
+
+
+def regularized_methods() -> tuple[str, ...]:
+    """Methods whose pruner adds the sigmoid-mass regulariser (their pruner class says ``regularized``)."""
+    from sparse_dist.pruning.build import PRUNERS
+
+    return tuple(method for method, pruner in PRUNERS.items() if pruner.regularized)
+
+
+def __getattr__(name: str):
+    if name == "REGULARIZED_METHODS":  # derived from the registry of methods, on first use
+        return regularized_methods()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _validate_pruning(p: PruningConfig, max_steps: int) -> None:
     """Check the pruning section and fill in the method's defaults (scope, mask interval, regulariser weight)."""
-    if p.method == "none":
+    method = pruning_method(p.method)
+    if method is None:
         return
     if p.scope == "auto":
-        _require(p.method in _DEFAULT_SCOPES, "pruning.scope",
-                 f"{p.method} has no default scope: choose one of {', '.join(_SCOPES[p.method])}", p.scope)
-        p.scope = _DEFAULT_SCOPES[p.method]
-    _require(p.scope in _SCOPES[p.method], "pruning.scope", f"{p.method} supports {', '.join(_SCOPES[p.method])}",
-             p.scope)
+        _require(method.default_scope is not None, "pruning.scope",
+                 f"{p.method} has no default scope: choose one of {', '.join(method.scopes)}", p.scope)
+        p.scope = method.default_scope
+    _require(p.scope in method.scopes, "pruning.scope", f"{p.method} supports {', '.join(method.scopes)}", p.scope)
     _require(0 < p.target_remaining <= 1, "pruning.target_remaining", "must be in (0, 1]", p.target_remaining)
     _require(p.initial_warmup_steps >= 0, "pruning.initial_warmup_steps", "must be >= 0", p.initial_warmup_steps)
     _require(p.final_warmup_steps >= 0, "pruning.final_warmup_steps", "must be >= 0", p.final_warmup_steps)
@@ -478,18 +492,18 @@ def _validate_pruning(p: PruningConfig, max_steps: int) -> None:
     _require(p.window_steps >= 1, "pruning.window_steps", "must be >= 1", p.window_steps)
     _require(0 <= p.beta1 < 1, "pruning.beta1", "must be in [0, 1)", p.beta1)
     _require(0 <= p.beta2 <= 1, "pruning.beta2", "must be in [0, 1]", p.beta2)
-    if p.method in REGULARIZED_METHODS:
+    if method.regularized:
         if p.regularizer_lambda is None:
             p.regularizer_lambda = DEFAULT_REGULARIZER_LAMBDA
         _require(p.regularizer_lambda >= 0, "pruning.regularizer_lambda", "must be >= 0", p.regularizer_lambda)
     else:
         _require(p.regularizer_lambda is None, "pruning.regularizer_lambda",
-                 f"{p.method} has no regulariser (only {' and '.join(REGULARIZED_METHODS)} do); leave it unset",
+                 f"{p.method} has no regulariser (only {' and '.join(regularized_methods())} do); leave it unset",
                  p.regularizer_lambda)
-    if p.method in EVERY_STEP_METHODS:
+    if method.mask_updates == "every_step":
         _require(p.prune_every_steps is None, "pruning.prune_every_steps",
                  f"{p.method} updates its masks at every step; leave it unset", p.prune_every_steps)
-    elif p.method in WINDOWED_METHODS:
+    elif method.mask_updates == "window_ends":
         # A mask is chosen only right after an EMA update of the importance, at a window end (step % window_steps
         # == 0): before the first one there is no importance to choose from (it would be all zeros).
         _require(p.window_steps <= max_steps, "pruning.window_steps",

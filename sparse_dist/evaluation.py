@@ -9,18 +9,18 @@ all ranks run the same number of batches, and generation runs with ``synced_gpus
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from sparse_dist.config import ConfigError, EvalConfig
-from sparse_dist.data.encode import longest_class_target, parse_prediction
+from sparse_dist.config import EvalConfig
 from sparse_dist.data.sampler import eval_batches_real, eval_shard
 from sparse_dist.data.task_data import EvalSet, TaskData
-from sparse_dist.data.tasks import split_label
 from sparse_dist.distributed.env import DistEnv
 from sparse_dist.metrics import compute_metrics
+from sparse_dist.tasks import split_label
 
 
 class Evaluator:
@@ -32,12 +32,7 @@ class Evaluator:
         self.env = env
         self.tokenizer = tokenizer
         self.synced_generation = zero_stage == 3 and env.world_size > 1
-        if task_data.kind == "seq2seq":  # a class word cut short by generation parses as no class at all
-            target, length = longest_class_target(task_data.task, tokenizer, add_special_tokens=False)
-            if length > eval_cfg.max_new_tokens:
-                raise ConfigError(f"eval.max_new_tokens: the {task_data.task.name} target {target!r} is {length} "
-                                  f"tokens in this vocabulary and must be generated whole, got "
-                                  f"{eval_cfg.max_new_tokens}")
+        task_data.task.type.check_generation(task_data.task, tokenizer, task_data.kind, eval_cfg.max_new_tokens)
 
     @property
     def primary_metric(self) -> str:
@@ -81,15 +76,11 @@ class Evaluator:
 
     def _predict_batch(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> list:
         task = self.task_data.task
-        if self.task_data.kind == "encoder":
-            logits = model(**batch).logits.float()
-            if task.kind == "regression":
-                return logits.squeeze(-1).tolist()
-            return logits.argmax(dim=-1).tolist()
+        return task.type.predict_batch(task, model, batch, self.task_data.kind, partial(self._generate, model))
+
+    def _generate(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> list[str]:
+        """Decoded outputs of a text-to-text model (greedy or beam search; collective under ZeRO-3)."""
         generated = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                    max_new_tokens=self.cfg.max_new_tokens, num_beams=self.cfg.num_beams,
                                    do_sample=False, synced_gpus=self.synced_generation)
-        texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
-        if task.kind == "generation":
-            return [text.strip() for text in texts]
-        return [parse_prediction(task, text) for text in texts]
+        return self.tokenizer.batch_decode(generated, skip_special_tokens=True)

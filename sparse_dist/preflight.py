@@ -22,9 +22,9 @@ from pathlib import Path
 from sparse_dist.checkpoint import check_run_dir, completion_mismatch, run_signature
 from sparse_dist.config import ConfigError, RunConfig
 from sparse_dist.data.load import check_data_source
-from sparse_dist.data.tasks import get_task
 from sparse_dist.distributed.deepspeed_config import resolve_precision
 from sparse_dist.distributed.env import device_capabilities
+from sparse_dist.tasks import get_task
 
 
 def check_run(config: RunConfig) -> None:
@@ -34,10 +34,10 @@ def check_run(config: RunConfig) -> None:
     from sparse_dist.models.build import (
         check_model_for_task,
         load_checkpoint_config,
-        model_kind,
         resolve_model_source,
         teacher_head,
     )
+    from sparse_dist.models.families import get_family
     from sparse_dist.models.label_words import label_word_ids
 
     task = get_task(config.data.task)
@@ -46,22 +46,25 @@ def check_run(config: RunConfig) -> None:
     model = config.model
     student = load_checkpoint_config(model.name_or_path)
     check_model_for_task(student, task, model.name_or_path, model.head)
-    if model_kind(student) == "encoder":
+    family = get_family(student.model_type)
+    reads_label_words = family.label_words and model.head == "label_words"
+    if family.absolute_positions or reads_label_words:
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(model.name_or_path))
+    if family.absolute_positions:
         limit = tokenizer.model_max_length  # absolute positions: longer inputs fail at their first batch
         if limit < 1_000_000 and config.data.max_seq_length > limit:  # (a huge value means "not recorded")
             raise ConfigError(f"data.max_seq_length: {model.name_or_path} reads at most {limit} tokens, got "
                               f"{config.data.max_seq_length}")
-        if model.head == "label_words":
-            try:
-                label_word_ids(tokenizer, task.label_words)
-            except ValueError as error:
-                raise ConfigError(f"model.head: label_words with {model.name_or_path}: {error}") from None
+    if reads_label_words:
+        try:
+            label_word_ids(tokenizer, task.label_words, family)
+        except ValueError as error:
+            raise ConfigError(f"model.head: label_words with {model.name_or_path}: {error}") from None
 
     teacher_name = config.distill.teacher
     if teacher_name:
         teacher = load_checkpoint_config(teacher_name, "distill.teacher")
-        if model_kind(teacher) != model_kind(student):
+        if get_family(teacher.model_type).kind != family.kind:
             raise ConfigError(f"distill.teacher: {teacher_name} is a {teacher.model_type} model and the student "
                               f"{model.name_or_path} a {student.model_type} model; their logits cannot be compared")
         if getattr(teacher, "vocab_size", None) != getattr(student, "vocab_size", None):

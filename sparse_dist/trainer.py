@@ -33,12 +33,11 @@ from sparse_dist.checkpoint import (
 from sparse_dist.config import OptimizerConfig, RunConfig, dump_config
 from sparse_dist.data.sampler import TrainBatchSampler
 from sparse_dist.data.task_data import build_task_data, build_train_loader
-from sparse_dist.data.tasks import get_task
 from sparse_dist.distill.build import build_distiller
 from sparse_dist.distill.losses import loss_units
 from sparse_dist.distributed.comm import TorchCommunicator
 from sparse_dist.distributed.deepspeed_config import build_deepspeed_config, resolve_precision
-from sparse_dist.distributed.env import DistEnv, device_capabilities, main_process_first
+from sparse_dist.distributed.env import DistEnv, device_capabilities, log_placement, main_process_first
 from sparse_dist.distributed.gather import full_shape
 from sparse_dist.distributed.grad_norm import GradNormMeter
 from sparse_dist.evaluation import Evaluator
@@ -47,6 +46,7 @@ from sparse_dist.observe import build_metrics_logger, build_progress_bar, log_re
 from sparse_dist.preemption import StopRequest
 from sparse_dist.pruning.build import build_pruner
 from sparse_dist.pruning.export import export_mask_artifact, export_pruned_model
+from sparse_dist.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,7 @@ class Trainer:
     def __init__(self, config: RunConfig, env: DistEnv):
         self.config = config
         self.env = env
+        log_placement(env)
         self.run_dir = Path(config.job.run_dir)
         on_gpu = env.on_gpu
         self.precision = resolve_precision(config.training, on_gpu, device_capabilities()[1])
@@ -385,7 +386,7 @@ class Trainer:
         """Everything worth keeping: the pruned model in ``directory/model`` and, for SMP, the mask-only
         artifact in ``directory/mask``. All ranks call."""
         self.export_model(directory / "model", model_format)
-        if self.config.pruning.method == "smp":
+        if self.pruner.freezes_weights:  # the base model's weights are unchanged: the mask is the pruned model
             export_mask_artifact(self.built, self.pruner, directory / "mask", self.comm, self.env.is_main,
                                  base=self.config.model.name_or_path, seed=self.config.job.seed)
 

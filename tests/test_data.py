@@ -4,7 +4,7 @@ import datasets
 import pytest
 
 from sparse_dist.data.load import DataError, _canonical_glue, load_split, webnlg_hub_to_canonical
-from sparse_dist.data.tasks import TASKS, get_task
+from sparse_dist.tasks import TASKS, get_task
 
 
 def test_sst2_local(data_dir):

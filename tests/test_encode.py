@@ -16,9 +16,9 @@ from sparse_dist.data.encode import (
 )
 from sparse_dist.data.load import load_split
 from sparse_dist.data.task_data import TaskData
-from sparse_dist.data.tasks import get_task
 from sparse_dist.evaluation import Evaluator
 from sparse_dist.models.tiny import tiny_checkpoint
+from sparse_dist.tasks import get_task
 
 
 def test_t5_phrasing():

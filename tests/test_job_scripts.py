@@ -16,10 +16,17 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = "configs/tiny_bert_sst2.yaml"
 
 # srun stands in for srun + torchrun + the ranks: it records its command line and environment, then runs
-# until USR1 or TERM, which it answers like a run that saved its checkpoint (status 75).
+# until USR1 or TERM, which it answers like a run that saved its checkpoint (status 75); with STUB_FAIL set
+# it fails at once instead, like ranks killed with their node.
 SRUN = """#!/bin/bash
 echo "$@" > "$STUBS/srun.args"
 echo "$MASTER_PORT" > "$STUBS/srun.port"
+if [ -n "${STUB_FAIL:-}" ]; then  # the ranks die (SIGKILL: status 137), after saving a checkpoint or before
+  if [ "$STUB_FAIL" = after_checkpoint ]; then
+    mkdir -p "$RUN_DIR/checkpoints" && echo step00000004 > "$RUN_DIR/checkpoints/latest"
+  fi
+  exit 137
+fi
 trap 'exit 75' USR1 TERM
 touch "$STUBS/srun.started"
 while true; do sleep 0.1; done
@@ -120,3 +127,25 @@ def test_a_given_rendezvous_port_in_use_stops_the_job_with_one_line(tmp_path):
     assert output.strip().splitlines()[-1] == (f"MASTER_PORT {port} is in use on {socket.gethostname()} (another "
                                                "job's rendezvous?); unset it to let the job pick a free port")
     assert not (tmp_path / "venv" / "bin" / "srun.started").exists()
+
+
+def test_ranks_that_fail_after_saving_a_checkpoint_requeue_the_job(tmp_path):
+    run_dir = tmp_path / "run"
+    job = start_job(tmp_path, run_dir, STUB_FAIL="after_checkpoint")
+    output = output_of(job)
+    assert job.returncode == 0, output
+    assert "ranks failed (exit status 137) after saving step00000004: requeueing job 4242 to resume from it" in output
+    assert (tmp_path / "venv" / "bin" / "scontrol.log").read_text().split("\n")[0] == "requeue 4242"
+
+
+def test_ranks_that_fail_before_any_new_checkpoint_stop_the_job(tmp_path):
+    # A failure that comes back before the next checkpoint (a bug, bad data) must not requeue forever.
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "latest").write_text("step00000004\n")  # from an earlier attempt
+    job = start_job(tmp_path, run_dir, STUB_FAIL="before_checkpoint")
+    output = output_of(job)
+    assert job.returncode == 137, output
+    assert output.strip().splitlines()[-1] == ("run stopped (exit status 137) before completing: resubmit to resume "
+                                               "from its checkpoint")
+    assert not (tmp_path / "venv" / "bin" / "scontrol.log").exists()

@@ -9,10 +9,10 @@ from harness import run_distributed
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertForSequenceClassification
 
 from sparse_dist.config import ConfigError, ModelConfig
-from sparse_dist.data.tasks import get_task
 from sparse_dist.models.build import build_model
 from sparse_dist.models.label_order import compute_label_order
 from sparse_dist.models.tiny import tiny_checkpoint
+from sparse_dist.tasks import get_task
 
 SENTENCES = ["a charming and often affecting journey", "the movie is terrible", "great story", "not good",
              "one of the best films", "bad", "it is a good film to see", "the city was great"]

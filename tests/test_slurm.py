@@ -3,6 +3,7 @@ the end (log, TensorBoard, checkpoints, export), and a job signalled mid-run tha
 and finishes from its checkpoint."""
 
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -33,7 +34,7 @@ def cluster(tmp_path_factory):
 
 def submit(cluster, run_dir: Path, logs: Path, data_dir, *overrides: str) -> int:
     env = {"CONFIG": "configs/tiny_pins_t5_webnlg.yaml", "RUN_DIR": str(run_dir), "GPUS_PER_NODE": "2",
-           "VENV": str(REPO / ".venv"), "MASTER_PORT": str(free_port())}
+           "VENV": os.environ.get("VENV", str(REPO / ".venv")), "MASTER_PORT": str(free_port())}
     logs.mkdir(parents=True, exist_ok=True)  # SLURM does not create the output file's directory
     return cluster.sbatch("slurm/pins_t5_large.sh", f"data.local_dir={data_dir}", *overrides,
                           options=(*OPTIONS, f"--output={logs}/%x-%j.out"), env=env, cwd=REPO)

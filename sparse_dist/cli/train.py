@@ -11,7 +11,8 @@ arguments override it.
 
 The config, and what it asks of this machine, its files and the run directory, is checked before any
 process group starts (``--check`` runs just that): a problem is one line naming the key, exit status 2;
-so is a data error found while loading (file and row). SIGTERM or SIGUSR1 make the run save a checkpoint
+so is a data error found while loading (file and row), and a build lock of a C++ op left by a killed
+process (``sparse_dist/distributed/ops.py``). SIGTERM or SIGUSR1 make the run save a checkpoint
 of its last completed step and exit with status 75; the same command resumes.
 """
 
@@ -66,6 +67,12 @@ def main(argv: list[str] | None = None, prog: str = "sparse-dist train") -> int:
         _check_run(config)
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
+        return 2
+    from sparse_dist.distributed.ops import stale_build_locks
+
+    stale = stale_build_locks()  # else every rank would wait on it forever, silently
+    if stale:
+        print(f"build error: {stale[0]}", file=sys.stderr)
         return 2
     if args.check:
         print(f"config ok: {args.config} ({config.world_size} rank(s))")

@@ -1,5 +1,7 @@
 """Turn canonical examples into model inputs, for encoders (BERT, RoBERTa) and text-to-text models (T5).
 
+The building blocks that every task type uses (pair and text-to-text tokenization, truncation, the
+collator), and the entry points, which ask the task's type (:mod:`sparse_dist.tasks.base`) what to do.
 Encoders read ``text_a`` (and ``text_b``) and predict a label id or a score. Text-to-text models read
 "<prefix> <field>: <text> ..." and produce the label word, the score as text, or the WebNLG sentence.
 Inputs longer than ``data.max_seq_length`` lose tokens from the end of their longest text first, so a
@@ -18,23 +20,15 @@ import torch
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from sparse_dist.config import ConfigError
-from sparse_dist.data.tasks import TaskSpec
+from sparse_dist.tasks import TaskSpec
 
 ModelKind = Literal["encoder", "seq2seq"]
+"""A model family's interface (:attr:`sparse_dist.models.families.base.ModelFamily.kind`)."""
 
 
 def source_segments(task: TaskSpec, example: dict[str, Any]) -> list[tuple[str, bool]]:
-    """The T5 input of one example as pieces joined by spaces: (text, whether truncation may shorten it).
-
-    Field names are kept whole; the example's own texts give way when the input is too long.
-    """
-    if task.kind == "generation":
-        triples = " && ".join(t.replace("_", " ") for t in example["triples"])
-        return [(f"{task.text_prefix}:", False), (triples, True)]
-    segments = [(f"{task.text_prefix} {task.text_fields[0]}:", False), (example["text_a"], True)]
-    if task.has_pair:
-        segments += [(f"{task.text_fields[1]}:", False), (example["text_b"], True)]
-    return segments
+    """The T5 input of one example as pieces joined by spaces: (text, whether truncation may shorten it)."""
+    return task.type.source_segments(task, example)
 
 
 def source_text(task: TaskSpec, example: dict[str, Any]) -> str:
@@ -44,45 +38,18 @@ def source_text(task: TaskSpec, example: dict[str, Any]) -> str:
 
 def target_text(task: TaskSpec, label: float | int) -> str:
     """The T5 target string for a label: the class word, or the score rounded to 0.2 (as in T5)."""
-    if task.kind == "regression":
-        return f"{round(float(label) * 5) / 5:.1f}"
-    return task.words[int(label)]
+    return task.type.target_text(task, label)
 
 
 def parse_prediction(task: TaskSpec, text: str) -> float | int:
     """Map generated text back to a label: the class id (-1 if no class word), or the score (0.0 if none)."""
-    text = text.strip()
-    if task.kind == "regression":
-        try:
-            return float(text)
-        except ValueError:
-            return 0.0
-    words = task.words
-    return words.index(text) if text in words else -1
+    return task.type.parse_prediction(task, text)
 
 
 def encode_train(task: TaskSpec, raw: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, kind: ModelKind,
                  max_seq_length: int, max_target_length: int) -> datasets.Dataset:
     """Tokenized training examples; WebNLG entries become one example per reference sentence."""
-    if task.kind == "generation":
-        raw = raw.map(_expand_references, batched=True, remove_columns=raw.column_names, keep_in_memory=True)
-
-    if kind == "seq2seq":
-        check_class_targets(task, tokenizer, max_target_length)
-
-    def encode(batch: dict[str, list]) -> dict[str, list]:
-        examples = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        if kind == "encoder":
-            features = _encode_encoder_inputs(tokenizer, batch, max_seq_length)
-            features["labels"] = batch["label"]
-            return features
-        features = _encode_text_to_text_inputs(task, tokenizer, examples, max_seq_length)
-        targets = [ex["target"] if task.kind == "generation" else target_text(task, ex["label"]) for ex in examples]
-        features["labels"] = tokenizer(text_target=targets, truncation=True, max_length=max_target_length)["input_ids"]
-        return features
-
-    return raw.map(encode, batched=True, remove_columns=raw.column_names, keep_in_memory=True,
-                   desc=f"tokenizing {task.name} train")
+    return task.type.encode_train(task, raw, tokenizer, kind, max_seq_length, max_target_length)
 
 
 def encode_eval(task: TaskSpec, raw: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, kind: ModelKind,
@@ -91,27 +58,16 @@ def encode_eval(task: TaskSpec, raw: datasets.Dataset, tokenizer: PreTrainedToke
 
     Gold answers are label ids or scores, or for WebNLG the list of reference sentences.
     """
-    def encode(batch: dict[str, list]) -> dict[str, list]:
-        examples = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        if kind == "encoder":
-            features = _encode_encoder_inputs(tokenizer, batch, max_seq_length)
-        else:
-            features = _encode_text_to_text_inputs(task, tokenizer, examples, max_seq_length)
-        features["idx"] = batch["idx"]
-        return features
-
-    gold = raw["references"] if task.kind == "generation" else raw["label"]
-    encoded = raw.map(encode, batched=True, remove_columns=raw.column_names, keep_in_memory=True,
-                      desc=f"tokenizing {task.name} dev")
-    return encoded, list(gold)
+    return task.type.encode_eval(task, raw, tokenizer, kind, max_seq_length)
 
 
-def _encode_encoder_inputs(tokenizer: PreTrainedTokenizerBase, batch: dict[str, list], max_seq_length: int):
+def encode_pair_inputs(tokenizer: PreTrainedTokenizerBase, batch: dict[str, list], max_seq_length: int):
+    """Encoder input ids of ``text_a`` (and ``text_b``), the tokenizer's own pair truncation."""
     pair = (batch["text_a"], batch["text_b"]) if "text_b" in batch else (batch["text_a"],)
     return dict(tokenizer(*pair, truncation=True, max_length=max_seq_length))  # longest_first for pairs
 
 
-def _encode_text_to_text_inputs(task: TaskSpec, tokenizer: PreTrainedTokenizerBase, examples: list[dict[str, Any]],
+def encode_text_to_text_inputs(task: TaskSpec, tokenizer: PreTrainedTokenizerBase, examples: list[dict[str, Any]],
                                 max_seq_length: int) -> dict[str, list]:
     """Input ids of :func:`source_text`, at most ``max_seq_length`` tokens, truncated longest text first.
 
@@ -158,11 +114,7 @@ def _special_tokens_around(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int
 
 def class_targets(task: TaskSpec) -> list[str]:
     """Every target string of a classification or regression task (empty for generation)."""
-    if task.kind == "classification":
-        return [target_text(task, label) for label in range(len(task.words))]
-    if task.kind == "regression":
-        return sorted({target_text(task, score / 5) for score in range(26)})  # 0.0 to 5.0 in steps of 0.2
-    return []
+    return task.type.class_targets(task)
 
 
 def longest_class_target(task: TaskSpec, tokenizer: PreTrainedTokenizerBase,
@@ -181,15 +133,6 @@ def check_class_targets(task: TaskSpec, tokenizer: PreTrainedTokenizerBase, max_
     if length > max_target_length:
         raise ConfigError(f"data.max_target_length: the {task.name} target {target!r} is {length} tokens (with "
                           f"</s>) in this vocabulary and must fit whole, got {max_target_length}")
-
-
-def _expand_references(batch: dict[str, list]) -> dict[str, list]:
-    out: dict[str, list] = {"triples": [], "target": []}
-    for triples, references in zip(batch["triples"], batch["references"]):
-        for reference in references:
-            out["triples"].append(triples)
-            out["target"].append(reference)
-    return out
 
 
 class Collator:

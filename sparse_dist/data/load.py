@@ -17,13 +17,15 @@ import logging
 import math
 import os
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import datasets
 
 from sparse_dist.config import ConfigError
-from sparse_dist.data.tasks import TaskSpec
+from sparse_dist.tasks.spec import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -66,33 +68,17 @@ def check_data_source(task: TaskSpec, local_dir: str | None) -> None:
     for split in splits:
         if split not in task.local.files:
             raise ConfigError(f"data.local_dir: task {task.name} has no {split} split in the local layout")
-        path = directory / task.local.files[split]
-        if task.kind == "generation":
-            if not any(path.glob("*triples/*.xml")):
-                raise ConfigError(f"data.local_dir: {path}: no WebNLG files (expected <N>triples/<Category>.xml)")
-            continue
-        if not path.is_file():
-            raise ConfigError(f"data.local_dir: {path}: file not found (task {task.name}, split {split})")
-        if task.local.header:
-            with path.open(encoding="utf-8-sig") as handle:
-                header = handle.readline().rstrip("\r\n").split("\t")
-            missing = [name for name in task.local.columns.values() if name not in header]
-            if missing:
-                raise ConfigError(f"data.local_dir: {path}: missing column {missing[0]!r} (columns: "
-                                  f"{', '.join(header)})")
+        READERS[task.reader].check_local(task, directory / task.local.files[split], split)
 
 
 def load_split(task: TaskSpec, split: str, local_dir: str | None, limit: int | None = None) -> datasets.Dataset:
     """One split of a task in canonical columns, truncated to its first ``limit`` rows if given."""
     directory = resolve_local_dir(task, local_dir)
-    if task.kind == "generation":
-        raw = _load_webnlg_local(task, split, directory, limit) if directory else _load_webnlg_hub(task, split)
-        where = str(directory / task.local.files[split]) if directory else f"{task.hub_path}:{split}"
-        raw = _first(raw, limit)
-    elif directory is not None:
-        raw, where = _load_glue_local(task, split, directory, limit)
+    reader = READERS[task.reader]
+    if directory is not None:
+        raw, where = reader.load_local(task, split, directory, limit)
     else:
-        raw, where = _load_glue_hub(task, split, limit), f"{task.hub_path}/{task.hub_name}:{split}"
+        raw, where = reader.load_hub(task, split, limit)
     if len(raw) == 0:
         raise DataError(f"{where}: the {split} split has no examples")
     return raw.add_column("idx", list(range(len(raw))))
@@ -153,37 +139,11 @@ def _canonical_glue(task: TaskSpec, raw: datasets.Dataset, columns: dict[str, st
             if key in source:
                 text = source[key][row]
                 out[key].append("" if text is None or (isinstance(text, float) and math.isnan(text)) else str(text))
-        out["label"].append(_label_id(task, source["label"][row], where, row))
-    features = {"text_a": datasets.Value("string"), "label": datasets.Value(
-        "float32" if task.kind == "regression" else "int64")}
+        out["label"].append(task.type.label_value(task, source["label"][row], where, row))
+    features = {"text_a": datasets.Value("string"), "label": datasets.Value(task.type.label_dtype)}
     if "text_b" in out:
         features["text_b"] = datasets.Value("string")
     return datasets.Dataset.from_dict(out, features=datasets.Features({k: features[k] for k in out}))
-
-
-def _label_id(task: TaskSpec, value: Any, where: str, row: int) -> int | float:
-    """Map a label cell (an id, a class name, or a score) to the hub's label id or score."""
-    if task.kind == "regression":
-        try:
-            score = float(value)
-        except (TypeError, ValueError):
-            score = math.nan
-        if math.isnan(score):
-            raise DataError(f"{where}: row {row + 1}: label {value!r} is not a number (task {task.name})")
-        return score
-    names = task.label_names
-    if isinstance(value, str) and value in names:
-        return names.index(value)
-    try:
-        label = int(value)
-    except (TypeError, ValueError):
-        label = -1
-    if isinstance(value, float) and value != label:
-        label = -1
-    if not 0 <= label < len(names):
-        raise DataError(f"{where}: row {row + 1}: unknown label {value!r} for task {task.name} "
-                        f"(expected one of {', '.join(names)} or 0..{len(names) - 1})")
-    return label
 
 
 # --- WebNLG -------------------------------------------------------------------------------------
@@ -250,3 +210,49 @@ def webnlg_hub_to_canonical(batch: dict[str, list]) -> dict[str, list]:
         "references": [list(lex["text"]) for lex in batch["lex"]],
         "category": list(batch["category"]),
     }
+
+
+# --- readers ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reader:
+    """How one file format is read: a split from the local layout or from the hub, each with where it came
+    from (for errors), and the checks of a local split's file that need no reading of the data."""
+
+    load_local: Callable[[TaskSpec, str, Path, int | None], tuple[datasets.Dataset, str]]
+    load_hub: Callable[[TaskSpec, str, int | None], tuple[datasets.Dataset, str]]
+    check_local: Callable[[TaskSpec, Path, str], None]
+
+
+def _check_table(task: TaskSpec, path: Path, split: str) -> None:
+    if not path.is_file():
+        raise ConfigError(f"data.local_dir: {path}: file not found (task {task.name}, split {split})")
+    if task.local.header:
+        with path.open(encoding="utf-8-sig") as handle:
+            header = handle.readline().rstrip("\r\n").split("\t")
+        missing = [name for name in task.local.columns.values() if name not in header]
+        if missing:
+            raise ConfigError(f"data.local_dir: {path}: missing column {missing[0]!r} (columns: "
+                              f"{', '.join(header)})")
+
+
+def _check_webnlg(task: TaskSpec, path: Path, split: str) -> None:
+    if not any(path.glob("*triples/*.xml")):
+        raise ConfigError(f"data.local_dir: {path}: no WebNLG files (expected <N>triples/<Category>.xml)")
+
+
+READERS: dict[str, Reader] = {
+    "table": Reader(
+        load_local=_load_glue_local,
+        load_hub=lambda task, split, limit: (_load_glue_hub(task, split, limit),
+                                             f"{task.hub_path}/{task.hub_name}:{split}"),
+        check_local=_check_table),
+    "webnlg": Reader(
+        load_local=lambda task, split, directory, limit: (
+            _first(_load_webnlg_local(task, split, directory, limit), limit), str(directory / task.local.files[split])),
+        load_hub=lambda task, split, limit: (_first(_load_webnlg_hub(task, split), limit), f"{task.hub_path}:{split}"),
+        check_local=_check_webnlg),
+}
+"""Every file format by :attr:`TaskSpec.reader` name: ``table`` (TSV files with a header, or hub columns, as
+GLUE) and ``webnlg`` (WebNLG 2017 XML)."""

@@ -11,10 +11,10 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from sparse_dist.config import DataConfig
-from sparse_dist.data.encode import Collator, ModelKind, encode_eval, encode_train
+from sparse_dist.data.encode import Collator, ModelKind
 from sparse_dist.data.load import load_split
 from sparse_dist.data.sampler import TrainBatchSampler
-from sparse_dist.data.tasks import TaskSpec
+from sparse_dist.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ class EvalSet:
 class TaskData:
     task: TaskSpec
     kind: ModelKind
+    """The model family's interface the data was encoded for."""
     train: datasets.Dataset
     dev: list[EvalSet]
     collator: Collator
@@ -41,15 +42,15 @@ def build_task_data(data: DataConfig, task: TaskSpec, tokenizer: PreTrainedToken
                     kind: ModelKind) -> TaskData:
     """Load, subset and tokenize the training split and every dev split of the task."""
     raw_train = load_split(task, task.train_split, data.local_dir, data.max_train_examples)
-    train = encode_train(task, raw_train, tokenizer, kind, data.max_seq_length, data.max_target_length)
+    train = task.type.encode_train(task, raw_train, tokenizer, kind, data.max_seq_length, data.max_target_length)
     dev = []
     for split in task.dev_splits:
         raw = load_split(task, split, data.local_dir, data.max_eval_examples)
-        inputs, gold = encode_eval(task, raw, tokenizer, kind, data.max_seq_length)
+        inputs, gold = task.type.encode_eval(task, raw, tokenizer, kind, data.max_seq_length)
         dev.append(EvalSet(split=split, inputs=inputs, gold=gold))
     log.info("task %s: %d training examples, dev: %s", task.name, len(train),
              ", ".join(f"{d.split} {len(d.inputs)}" for d in dev))
-    return TaskData(task=task, kind=kind, train=train, dev=dev, collator=Collator(tokenizer, kind))
+    return TaskData(task=task, kind=kind, train=train, dev=dev, collator=task.type.collator(tokenizer, kind))
 
 
 def build_train_loader(task_data: TaskData, sampler: TrainBatchSampler, num_workers: int = 0) -> DataLoader:

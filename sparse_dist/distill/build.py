@@ -5,16 +5,16 @@ from __future__ import annotations
 from dataclasses import replace
 
 from sparse_dist.config import DistillConfig, ModelConfig
-from sparse_dist.data.tasks import TaskSpec
 from sparse_dist.distill.distiller import Distiller, ExternalDistillation, SelfRegularization
 from sparse_dist.distill.teacher import MaskTeacher, OffloadedTeacher
 from sparse_dist.models.build import build_model, teacher_head
+from sparse_dist.tasks import TaskSpec
 
 
 def build_distiller(config: DistillConfig, model_cfg: ModelConfig, task: TaskSpec, built, engine, pruner,
                     ds_config: dict, comm, env, seed: int) -> Distiller:
     """No distillation, an external teacher, or self-regularization (PINS). All ranks call."""
-    regression = task.kind == "regression"
+    task_type = task.type  # which logits are compared, and with which losses
 
     def offloaded(name_or_path: str, head: str, key: str) -> OffloadedTeacher:
         teacher_cfg = replace(model_cfg, name_or_path=name_or_path, head=head, gradient_checkpointing=False)
@@ -24,11 +24,11 @@ def build_distiller(config: DistillConfig, model_cfg: ModelConfig, task: TaskSpe
     if config.teacher:
         external = offloaded(config.teacher, teacher_head(config.teacher, model_cfg.head), "distill.teacher")
     if not config.self_regularization:
-        return ExternalDistillation(config, external, regression) if external else Distiller()
+        return ExternalDistillation(config, external, task_type) if external else Distiller()
     if pruner.freezes_weights:  # SMP's weights never change: a teacher is an older mask
         def make_teacher():
             return MaskTeacher(engine.module, pruner, comm)
     else:
         def make_teacher():
             return offloaded(model_cfg.name_or_path, model_cfg.head, "model.name_or_path")
-    return SelfRegularization(config, make_teacher, built.model, regression, external=external)
+    return SelfRegularization(config, make_teacher, built.model, task_type, external=external)

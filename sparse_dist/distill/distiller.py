@@ -2,6 +2,9 @@
 
 - No teacher: the model's own task loss.
 - External teacher (``distill.teacher``): ``a_ce CE + a_kd T^2 KL`` for the whole run.
+
+The task's type (:mod:`sparse_dist.tasks.base`) says which logits are compared and with which losses of
+:mod:`sparse_dist.distill.losses` (MSE for a regression).
 - Self-regularization (``distill.self_regularization``, PINS): the teacher is the student's best state
   on the dev set so far. Every evaluation that improves the task's primary metric (on all ranks, the
   same decision everywhere) makes the teacher a copy of the current student, pruned weights and all.
@@ -20,7 +23,7 @@ from collections.abc import Callable
 import torch
 
 from sparse_dist.config import DistillConfig
-from sparse_dist.distill.losses import adaptive_kd, standard_kd
+from sparse_dist.tasks.base import TaskType
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +53,13 @@ class Distiller:
 
 
 class ExternalDistillation(Distiller):
-    def __init__(self, config: DistillConfig, teacher, regression: bool):
-        self.config, self.teacher, self.regression = config, teacher, regression
+    def __init__(self, config: DistillConfig, teacher, task_type: TaskType):
+        self.config, self.teacher, self.task_type = config, teacher, task_type
 
     def loss(self, outputs, batch):
         c = self.config
-        return standard_kd(outputs.logits, self.teacher.logits(batch), batch["labels"], self.regression,
-                           c.alpha_ce, c.alpha_kd, c.temperature)
+        return self.task_type.distill_losses(self.task_type.distill_logits(outputs), self.teacher.logits(batch),
+                                             batch["labels"], False, c.alpha_ce, c.alpha_kd, c.temperature)
 
     def report(self):
         return {}
@@ -66,11 +69,11 @@ class SelfRegularization(Distiller):
     """PINS: distil towards the best-on-dev student so far, with per-example adaptive weights."""
 
     def __init__(self, config: DistillConfig, make_teacher: Callable[[], object], student: torch.nn.Module,
-                 regression: bool, external=None):
+                 task_type: TaskType, external=None):
         self.config = config
         self.make_teacher = make_teacher
         self.student = student
-        self.regression = regression
+        self.task_type = task_type
         self.teacher = external
         self.self_teacher = None
 
@@ -82,8 +85,9 @@ class SelfRegularization(Distiller):
         teacher = self.active_teacher
         if teacher is None:
             return {"loss": outputs.loss}
-        return adaptive_kd(outputs.logits, teacher.logits(batch), batch["labels"], self.regression,
-                           self.config.temperature)
+        c = self.config
+        return self.task_type.distill_losses(self.task_type.distill_logits(outputs), teacher.logits(batch),
+                                             batch["labels"], True, c.alpha_ce, c.alpha_kd, c.temperature)
 
     def on_evaluation(self, improved: bool) -> None:
         if not improved:

@@ -111,6 +111,10 @@ def _load_kernel():
     try:
         from torch.utils.cpp_extension import load_inline
 
+        from sparse_dist.distributed.ops import use_venv_ninja
+
+        use_venv_ninja()
+
         _kernel = load_inline(name="sparse_dist_band_pass", cpp_sources=_SOURCE, functions=["band_pass"],
                               extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as error:  # noqa: BLE001 - any build problem means "use the torch path"

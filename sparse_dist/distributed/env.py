@@ -28,6 +28,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from sparse_dist.distributed.ops import use_venv_ninja
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -151,7 +153,9 @@ def init_distributed() -> DistEnv:
         bind = {"device_id": device} if device.type == "cuda" and world_size > 1 else {}  # as DeepSpeed does
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=default_pg_timeout,
                                 **bind)
-    # DeepSpeed adopts the group made above; under torchrun it makes it, env:// on the agent's store.
+    # DeepSpeed adopts the group made above; under torchrun it makes it, env:// on the agent's store. On CPU
+    # it also loads its shared-memory op, built with the same ninja as every other build (see ops.py).
+    use_venv_ninja()
     ds_init_distributed(dist_backend=backend, verbose=False)
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # Ranks sharing a machine share its cores; one thread pool per rank of all cores oversubscribes.
@@ -171,6 +175,21 @@ def main_process_first(env: DistEnv):
     finally:
         if env.is_main:
             dist.barrier()
+
+
+def node_rank() -> int:
+    """This process's node within the job: torchrun's GROUP_RANK (one agent per node), else SLURM_NODEID,
+    else 0. Needs no process group."""
+    return int(os.environ.get("GROUP_RANK", os.environ.get("SLURM_NODEID", "0")))
+
+
+def log_placement(env: DistEnv) -> None:
+    """One line from every rank, whatever its log level: its host, node rank and local rank, so that the
+    log of a multi-node job shows where each rank ran. Each rank calls it once."""
+    placement = logging.getLogger("sparse_dist.placement")
+    placement.setLevel(logging.INFO)  # above the WARNING of ranks other than 0, for this line only
+    placement.info("rank %d of %d on host %s: node rank %d, local rank %d", env.rank, env.world_size,
+                   socket.gethostname(), node_rank(), env.local_rank)
 
 
 class _RankFormatter(logging.Formatter):

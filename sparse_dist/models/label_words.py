@@ -15,6 +15,9 @@ SMP numbers on MNLI come from the same words bound to other classes. Class order
 checkpoint here: a fine-tuned classifier or teacher whose ``id2label`` lists the classes in another order
 has its rows remapped by label name (:mod:`sparse_dist.models.label_order`).
 
+Where the masked-LM head sits and which position it is read at is the model family's to say
+(:class:`~sparse_dist.models.families.base.ModelFamily`): BERT and RoBERTa read the first token.
+
 Where a checkpoint has no pretrained MLM transform (sentence-transformers models such as
 all-MiniLM-L6-v2 ship the encoder only), transformers initialises one; it is kept frozen like the rest,
 from the run's seed, and the export writes it out, so an exported model scores exactly as in training.
@@ -30,17 +33,19 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from sparse_dist.data.tasks import TaskSpec
 from sparse_dist.distributed.gather import is_partitioned
+from sparse_dist.models.families import DEFAULT_FAMILY, ModelFamily, get_family
+from sparse_dist.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
 
 
-def label_word_ids(tokenizer: PreTrainedTokenizerBase, words: tuple[str, ...]) -> list[int]:
-    """The vocabulary id of each label word; an error if a word is not a single token."""
+def label_word_ids(tokenizer: PreTrainedTokenizerBase, words: tuple[str, ...], family: ModelFamily = DEFAULT_FAMILY
+                   ) -> list[int]:
+    """The vocabulary id of each label word as ``family`` spells it; an error if a word is not a single token."""
     ids = []
     for word in words:
-        pieces = tokenizer(" " + word if _needs_space(tokenizer) else word, add_special_tokens=False)["input_ids"]
+        pieces = tokenizer(family.label_word_text(tokenizer, word), add_special_tokens=False)["input_ids"]
         if len(pieces) != 1:
             tokens = tokenizer.convert_ids_to_tokens(pieces)
             raise ValueError(f"label word {word!r} is {len(pieces)} tokens {tokens} in this vocabulary; "
@@ -49,22 +54,17 @@ def label_word_ids(tokenizer: PreTrainedTokenizerBase, words: tuple[str, ...]) -
     return ids
 
 
-def _needs_space(tokenizer: PreTrainedTokenizerBase) -> bool:
-    # Byte-level BPE (RoBERTa) spells a word after a space differently; the label word follows [CLS] text.
-    return type(tokenizer).__name__.startswith(("Roberta", "GPT2"))
-
-
 class LabelWordClassifier(torch.nn.Module):
     """Encoder + masked-LM transform + the label words' decoder rows, as a sequence classifier."""
 
-    def __init__(self, mlm: PreTrainedModel, word_ids: list[int], regression: bool):
+    def __init__(self, mlm: PreTrainedModel, word_ids: list[int], regression: bool,
+                 family: ModelFamily = DEFAULT_FAMILY):
         super().__init__()
         self.config = mlm.config
         self.base_model_prefix = mlm.base_model_prefix
         self.encoder = getattr(mlm, mlm.base_model_prefix)
-        head = mlm.cls.predictions if hasattr(mlm, "cls") else mlm.lm_head
-        self.transform = head.transform if hasattr(head, "transform") else _RobertaTransform(head)
-        decoder, bias = head.decoder, head.bias
+        self.transform, decoder, bias = family.masked_lm_head(mlm)
+        self.read_position = family.label_word_hidden
         with deepspeed.zero.GatheredParameters([decoder.weight, bias], enabled=is_partitioned(decoder.weight)):
             rows = decoder.weight.detach()[word_ids].clone()
             row_bias = bias.detach()[word_ids].clone()
@@ -85,7 +85,7 @@ class LabelWordClassifier(torch.nn.Module):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
-        hidden = self.encoder(**inputs).last_hidden_state[:, 0]
+        hidden = self.read_position(self.encoder(**inputs).last_hidden_state, attention_mask)
         logits = self.label_head(self.transform(hidden))
         loss = None
         if labels is not None:
@@ -94,18 +94,6 @@ class LabelWordClassifier(torch.nn.Module):
             else:
                 loss = torch.nn.functional.cross_entropy(logits.float(), labels)
         return SequenceClassifierOutput(loss=loss, logits=logits)
-
-
-class _RobertaTransform(torch.nn.Module):
-    """RoBERTa's LM head transform (dense, GELU, LayerNorm), as a module of its own."""
-
-    def __init__(self, lm_head: torch.nn.Module):
-        super().__init__()
-        self.dense = lm_head.dense
-        self.layer_norm = lm_head.layer_norm
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.layer_norm(torch.nn.functional.gelu(self.dense(hidden)))
 
 
 def _zero3_config():
@@ -118,6 +106,7 @@ def build_label_word_classifier(mlm: PreTrainedModel, tokenizer: PreTrainedToken
                                 task: TaskSpec) -> LabelWordClassifier:
     if not task.label_words:
         raise ValueError(f"task {task.name} has no label words; SMP's label-word head needs them")
-    ids = label_word_ids(tokenizer, task.label_words)
+    family = get_family(mlm.config.model_type)
+    ids = label_word_ids(tokenizer, task.label_words, family)
     log.info("label-word head: %s -> token ids %s", ", ".join(task.label_words), ids)
-    return LabelWordClassifier(mlm, ids, regression=task.kind == "regression")
+    return LabelWordClassifier(mlm, ids, regression=task.type.regression, family=family)

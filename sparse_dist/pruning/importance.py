@@ -75,7 +75,13 @@ def platon_importance(weight_after: torch.Tensor, grad: torch.Tensor) -> torch.T
 
 
 class ImportancePruner(Pruner):
-    """PLATON and PINS: accumulated importance, global top-k, in-place zeroing after the step."""
+    """PLATON and PINS: accumulated importance, global top-k, in-place zeroing after the step. A method
+    says which weights its importance reads (:attr:`reads_weights_before_step`) and how it is computed
+    (:meth:`instantaneous_importance`)."""
+
+    mask_updates = "window_ends"
+    reads_weights_before_step = False
+    """Whether the importance reads the weights before the optimizer step (PINS) or after it (PLATON)."""
 
     def __init__(self, config, pretrained, sites: list[Site], total_steps, comm):
         super().__init__(config, pretrained, sites, total_steps, comm)
@@ -99,7 +105,7 @@ class ImportancePruner(Pruner):
         self.states = [ImportanceState(f.numel, f.param.device) for f in self.fragments]
         self._index = {id(f): i for i, f in enumerate(self.fragments)}
         self.tap = OptimizerStepTap(engine, self.fragments)
-        (self.tap.before if self.config.method == "pins" else self.tap.after).append(self._observe)
+        (self.tap.before if self.reads_weights_before_step else self.tap.after).append(self._observe)
 
     def _observe(self, active: list[Fragment]) -> None:
         """Inside the optimizer step: fold this step's importance into each active fragment's state."""
@@ -111,12 +117,13 @@ class ImportancePruner(Pruner):
                 grad, weight = fragment.grad(), fragment.master()
                 if grad is None:
                     continue
-                if c.method == "pins":
-                    importance = pins_importance(weight, grad, _group_lr(fragment), c.signed_importance)
-                else:
-                    importance = platon_importance(weight, grad)
+                importance = self.instantaneous_importance(weight, grad, fragment)
                 self.states[self._index[id(fragment)]].observe(importance, self.pending_step, c.window_steps,
                                                                c.beta1, c.beta2)
+
+    def instantaneous_importance(self, weight: torch.Tensor, grad: torch.Tensor, fragment: Fragment) -> torch.Tensor:
+        """``I_t`` of one fragment from its master weights and the gradient the optimizer is using."""
+        raise NotImplementedError
 
     def is_update_step(self, step: int) -> bool:
         """Whether masks are applied after optimizer step ``step`` (see the module docstring)."""
@@ -159,6 +166,22 @@ class ImportancePruner(Pruner):
     def load_state_dict(self, states: list[dict]) -> None:
         super().load_state_dict(states)
         self.pending_step = states[0]["pending_step"]
+
+
+class PlatonPruner(ImportancePruner):
+    """PLATON: ``I_t = |W g|`` with the weights after the step."""
+
+    def instantaneous_importance(self, weight, grad, fragment):
+        return platon_importance(weight, grad)
+
+
+class PinsPruner(ImportancePruner):
+    """PINS: ``s = -W g + eta g^2`` with the weights before the step and the current learning rate."""
+
+    reads_weights_before_step = True
+
+    def instantaneous_importance(self, weight, grad, fragment):
+        return pins_importance(weight, grad, _group_lr(fragment), self.config.signed_importance)
 
 
 def _group_lr(fragment: Fragment) -> float:

@@ -44,6 +44,7 @@ class LearnedScorePruner(Pruner):
     What a method adds is said by the class attributes ``regularized`` (the sigmoid-mass regulariser
     ``lambda_t R(S)``) and ``freezes_weights`` (only the scores train), not by its name."""
 
+    mask_updates = "every_step"
     every_step_after_ramp = True
 
     @property
@@ -117,10 +118,15 @@ class LearnedScorePruner(Pruner):
 class MovementPruner(LearnedScorePruner):
     """movement (Sanh et al. 2020): weights and scores train, top-k of the scores, no regulariser."""
 
+    scopes = ("local", "per_type", "global")
+    default_scope = "local"  # per matrix, as Sanh et al.
+
 
 class SMPPruner(LearnedScorePruner):
     """SMP: only the scores train; SMP-L takes the top-k per matrix, SMP-S per matrix with per-type budgets."""
 
+    scopes = ("local", "per_type")  # SMP-L and SMP-S
+    default_scope = None
     regularized = True
     freezes_weights = True
 

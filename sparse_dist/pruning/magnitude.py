@@ -19,6 +19,8 @@ from sparse_dist.pruning.scopes import uniform_ks
 
 
 class MagnitudePruner(Pruner):
+    scopes = ("local", "global")
+
     def attach(self, engine) -> None:
         named = [(f"{site.name}.weight", self.pretrained.get_submodule(site.name).weight) for site in self.sites]
         frozen = [name for name, param in named if not param.requires_grad]
@@ -32,12 +34,16 @@ class MagnitudePruner(Pruner):
     def _zero_pruned_grads(self, active) -> None:
         zero_masked_grads(active, [self.masks[self._index[f.index]] for f in active], self.comm)
 
+    def scores(self, step: int) -> list[torch.Tensor]:
+        """This rank's fp32 score of every element of its fragments: |W| of the master weights."""
+        return [f.master().detach().abs() for f in self.fragments]
+
     def step(self, step: int) -> None:
         if not self.schedule.is_update_step(step, self.every_step_after_ramp):
             return
         self.target = self.schedule.remaining(step)
         with torch.no_grad():
-            values = [f.master().detach().abs() for f in self.fragments]
+            values = self.scores(step)
         ks = uniform_ks(self.grouping, self.target)
         masks = self.select(values, ks, torch.float32)
         self.replace_masks(masks)

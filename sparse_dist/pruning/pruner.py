@@ -35,12 +35,22 @@ log = logging.getLogger(__name__)
 class Pruner:
     """Sites, schedule, per-fragment masks, selection and reporting, shared by the methods."""
 
+    # What a method is, declared here rather than in checks of its name: the config validates
+    # ``pruning.*`` against these (:func:`sparse_dist.config.validate`), the trainer and the distiller ask them.
+    scopes: tuple[str, ...] = ("global",)
+    """The values of ``pruning.scope`` the method supports."""
+    default_scope: str | None = "global"
+    """What ``pruning.scope: auto`` resolves to; None if the method has no default (SMP: SMP-L or SMP-S)."""
+    mask_updates: str = "interval"
+    """When masks change: ``interval`` (every ``pruning.prune_every_steps``, 1 by default), ``every_step``
+    (they follow learned scores; the interval does not apply) or ``window_ends`` (importance windows)."""
     every_step_after_ramp = False
     """Whether masks are recomputed at every step once the target is reached."""
     regularized = False
     """Whether the method adds a regulariser to the loss (:meth:`loss_terms`): soft movement and SMP."""
     freezes_weights = False
-    """Whether only mask scores train, every pretrained weight and the head staying as they are (SMP)."""
+    """Whether only mask scores train, every pretrained weight and the head staying as they are (SMP): the
+    head is then the frozen label-word head, and the mask alone, with the base model, is the pruned model."""
 
     def __init__(self, config: PruningConfig, pretrained: torch.nn.Module, sites: Sequence[Site], total_steps: int,
                  comm: Communicator):

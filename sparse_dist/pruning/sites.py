@@ -1,11 +1,10 @@
 """Which matrices are prunable, and what kind each is.
 
 The linear weight matrices of every transformer block are prunable; embeddings, LayerNorms, the pooler
-and every head are not. Each site has a layer and a *type*, used by per-type budgets (SMP-S):
-
-- BERT / RoBERTa: Q, K, V (self-attention), O (attention output), U (intermediate), D (output).
-- T5: ``<stack>.<attention>.<q|k|v|o>`` for ``enc.self``, ``dec.self`` and ``dec.cross``, and
-  ``<stack>.ffn.<wi|wi_0|wi_1|wo>`` for the feed-forward blocks.
+and every head are not. Each site has a layer and a *type*, used by per-type budgets (SMP-S). Which
+modules are sites, and their types, is the model family's to say
+(:meth:`sparse_dist.models.families.base.ModelFamily.site_of`): BERT / RoBERTa have Q, K, V, O, U, D;
+T5 has ``<stack>.<attention>.<q|k|v|o>`` and ``<stack>.ffn.<wi|wi_0|wi_1|wo>``.
 
 Sites are found by module name, so a model wrapped in another module (SMP's label-word head) keeps
 its sites.
@@ -13,21 +12,9 @@ its sites.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
-
-from sparse_dist.distributed.gather import full_shape
-
-_ENCODER = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.(attention\.self\.(query|key|value)|attention\.output\.dense|"
-                      r"intermediate\.dense|output\.dense)$")
-_ENCODER_TYPES = {"attention.self.query": "Q", "attention.self.key": "K", "attention.self.value": "V",
-                  "attention.output.dense": "O", "intermediate.dense": "U", "output.dense": "D"}
-_T5_ATTENTION = re.compile(r"(?:^|\.)(encoder|decoder)\.block\.(\d+)\.layer\.\d+\.(SelfAttention|EncDecAttention)\."
-                           r"([qkvo])$")
-_T5_FFN = re.compile(r"(?:^|\.)(encoder|decoder)\.block\.(\d+)\.layer\.\d+\.DenseReluDense\.(wi|wi_0|wi_1|wo)$")
-_STACKS = {"encoder": "enc", "decoder": "dec"}
 
 
 @dataclass(frozen=True)
@@ -47,29 +34,24 @@ class Site:
         return self.shape[0] * self.shape[1]
 
 
-def site_of(name: str, module: torch.nn.Module) -> Site | None:
-    """The site a module is, or None if it is not a prunable matrix."""
-    if not isinstance(module, torch.nn.Linear):
-        return None
-    shape = tuple(full_shape(module.weight))
-    match = _ENCODER.search(name)
-    if match:
-        return Site(name, match.group(1), _ENCODER_TYPES[match.group(2)], shape)
-    match = _T5_ATTENTION.search(name)
-    if match:
-        stack, block, attention, matrix = match.groups()
-        role = "self" if attention == "SelfAttention" else "cross"
-        return Site(name, f"{_STACKS[stack]}.{block}", f"{_STACKS[stack]}.{role}.{matrix}", shape)
-    match = _T5_FFN.search(name)
-    if match:
-        stack, block, matrix = match.groups()
-        return Site(name, f"{_STACKS[stack]}.{block}", f"{_STACKS[stack]}.ffn.{matrix}", shape)
+def site_of(name: str, module: torch.nn.Module, family=None) -> Site | None:
+    """The site a module is, or None if it is not a prunable matrix; without ``family``, any family's."""
+    from sparse_dist.models.families import families
+
+    for candidate in [family] if family is not None else families():
+        site = candidate.site_of(name, module)
+        if site is not None:
+            return site
     return None
 
 
 def find_sites(model: torch.nn.Module) -> list[Site]:
-    """Every prunable matrix of the model, in module order; an error if there is none."""
-    sites = [site for name, module in model.named_modules() if (site := site_of(name, module)) is not None]
+    """Every prunable matrix of the model, in module order (as its family names them); an error if there is
+    none. A module without a transformers config (a test model) is matched against every family."""
+    from sparse_dist.models.families import family_of
+
+    family = family_of(model)
+    sites = [site for name, module in model.named_modules() if (site := site_of(name, module, family)) is not None]
     if not sites:
         raise ValueError(f"{type(model).__name__}: no prunable matrices found (supported: BERT, RoBERTa, T5)")
     return sites
