@@ -1,8 +1,10 @@
-"""Shared test setup: offline hub, a private cache for tiny models, paths to the real data."""
+"""Shared test setup: offline hub, a private cache for tiny models, paths to the real data, and the marks of
+the running test handed to ``harness`` (which refuses to start ranks in a test not marked ``distributed``)."""
 
 import os
 from pathlib import Path
 
+import harness
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,3 +28,8 @@ def data_dir() -> Path:
     if not DATA_DIR.is_dir():
         pytest.fail(f"the shared data directory {DATA_DIR} is missing (it must sit beside the repository)")
     return DATA_DIR
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    harness.current_marks = {mark.name for mark in item.iter_markers()}

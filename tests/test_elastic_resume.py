@@ -28,7 +28,7 @@ from sparse_dist.distributed.reshard import assemble
 from sparse_dist.pruning.export import full_masks
 from sparse_dist.trainer import Trainer
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 STEPS, STOP_AFTER = 6, 3
 PRUNABLE = 16_384  # weights in tiny-bert's prunable matrices
 TARGET = 0.4

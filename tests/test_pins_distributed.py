@@ -138,6 +138,7 @@ def everywhere(tmp_path_factory):
     return {ws: run_distributed(importance_everywhere, ws, [0, 1, 2, 3], root) for ws in (1, 2)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["platon", "pins"])
 def test_statistics_agree_and_masks_differ_only_at_the_threshold_for_zero_0_to_3_and_1_or_2_ranks(everywhere,
                                                                                                   method):
@@ -168,6 +169,7 @@ def test_statistics_agree_and_masks_differ_only_at_the_threshold_for_zero_0_to_3
                     assert agreement.threshold_delta <= agreement.delta, f"{where}, step {step}: {agreement}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["platon", "pins"])
 def test_global_kept_count_exact_and_pruned_weights_zero_after_every_update(everywhere, method):
     result = everywhere[2][0][(method, 3)]
@@ -210,6 +212,7 @@ def teacher_matches_student(model: str, task: str, stage: int, method: str, root
             "prunable": sum(s.numel for s in trainer.pruner.sites), "matrices": len(trainer.pruner.sites)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model, task", [("tiny-bert", "rte"), ("tiny-t5", "rte")])
 @pytest.mark.parametrize("stage, world_size", [(0, 1), (2, 2), (3, 2)])
 def test_offloaded_teacher_gives_the_students_logits_bit_for_bit(model, task, stage, world_size, tmp_path):
@@ -226,6 +229,7 @@ def test_offloaded_teacher_gives_the_students_logits_bit_for_bit(model, task, st
             assert result["device_peak"] <= result["largest_block"], result["peak_names"]
 
 
+@pytest.mark.slow
 def test_smp_teacher_is_an_older_mask(tmp_path):
     for result in run_distributed(teacher_matches_student, 2, "tiny-bert", "sst2", 3, "smp", str(tmp_path)):
         assert result["kind"] == "MaskTeacher" and result["equal"]
@@ -255,6 +259,7 @@ def teacher_update_steps(root: str) -> dict:
     return {"copies": copies, "evals": [(step, m["accuracy"]) for step, m in result.evals]}
 
 
+@pytest.mark.slow
 def test_teacher_is_updated_exactly_when_the_dev_metric_improves(tmp_path):
     result = run_distributed(teacher_update_steps, 2, str(tmp_path))[0]
     best, improvements = None, []

@@ -37,7 +37,7 @@ from sparse_dist.pruning.schedule import kept_count
 from sparse_dist.pruning.scopes import sigmoid_mass, smp_budgets, uniform_ks
 from sparse_dist.trainer import Trainer
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 METHODS = {
     "magnitude-global": {"method": "magnitude", "scope": "global"},

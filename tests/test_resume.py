@@ -27,7 +27,7 @@ from sparse_dist.preflight import incomplete_because
 from sparse_dist.pruning.export import full_masks
 from sparse_dist.trainer import Trainer
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 STEPS, KILL_AFTER = 8, 5
 
 

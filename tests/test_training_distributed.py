@@ -15,7 +15,7 @@ from runs import tiny_config
 from sparse_dist.distributed.env import init_distributed
 from sparse_dist.trainer import Trainer
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 BATCH = {"global_batch_size": 12, "micro_batch_size": 2}
 
