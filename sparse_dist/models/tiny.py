@@ -1,8 +1,9 @@
 """Tiny random-initialised models, buildable by name, for tests and CPU smoke runs.
 
-``tiny-bert``, ``tiny-roberta``, ``tiny-t5``, ``tiny-gpt2`` and ``tiny-llama`` are written once as ordinary checkpoint directories
-(config, safetensors weights, tokenizer) under the cache directory, so every code path, ZeRO-3's
-partitioned construction included, loads them through ``from_pretrained`` exactly like a real model.
+``tiny-bert``, ``tiny-roberta``, ``tiny-t5``, ``tiny-gpt2`` and ``tiny-llama`` are written once as ordinary
+checkpoint directories (config, safetensors weights, tokenizer) under the cache directory, so every code
+path, ZeRO-3's partitioned construction included, loads them through ``from_pretrained`` exactly like a
+real model.
 Weights come from a fixed seed and tokenizers from a fixed vocabulary, so the directory is the same
 on every rank and every machine. Each checkpoint carries its pretraining head (MLM head for the
 encoders, LM head for T5 and the decoders), as a real one would.

@@ -54,7 +54,8 @@ def find_sites(model: torch.nn.Module) -> list[Site]:
     family = family_of(model)
     sites = [site for name, module in model.named_modules() if (site := site_of(name, module, family)) is not None]
     if not sites:
-        raise ValueError(f"{type(model).__name__}: no prunable matrices found (supported: BERT, RoBERTa, T5, GPT-2, Llama)")
+        raise ValueError(f"{type(model).__name__}: no prunable matrices found "
+                         "(supported: BERT, RoBERTa, T5, GPT-2, Llama)")
     return sites
 
 
