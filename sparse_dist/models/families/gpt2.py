@@ -35,6 +35,7 @@ class GPT2Family(ModelFamily):
     name = "gpt2"
     model_types = ("gpt2",)
     kind = "decoder"
+    predicts_next_token = True
     dropout_keys = ("resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout")
 
     def site_of(self, name: str, module: torch.nn.Module) -> Site | None:

@@ -24,6 +24,7 @@ class LlamaFamily(ModelFamily):
     name = "llama"
     model_types = ("llama", "mistral", "qwen2")
     kind = "decoder"
+    predicts_next_token = True
     dropout_keys = ("attention_dropout",)
     absolute_positions = False
 
