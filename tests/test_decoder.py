@@ -103,6 +103,7 @@ def prune_under_stages(model: str, task: str, pruning: dict, root: str) -> dict:
 
 
 @pytest.mark.distributed
+@pytest.mark.slow  # 1-2 minutes per model: two ZeRO stages on 2 ranks
 @pytest.mark.parametrize("case", CASES)
 def test_decoder_prunes_end_to_end_on_two_ranks(case, tmp_path):
     model, task, pruning = CASES[case]
