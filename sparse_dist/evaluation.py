@@ -83,4 +83,6 @@ class Evaluator:
         generated = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                    max_new_tokens=self.cfg.max_new_tokens, num_beams=self.cfg.num_beams,
                                    do_sample=False, synced_gpus=self.synced_generation)
+        if not model.config.is_encoder_decoder:  # a decoder-only model returns its (left-padded) prompt first
+            generated = generated[:, batch["input_ids"].shape[1]:]
         return self.tokenizer.batch_decode(generated, skip_special_tokens=True)

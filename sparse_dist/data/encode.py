@@ -22,7 +22,7 @@ from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, PreTra
 from sparse_dist.config import ConfigError
 from sparse_dist.tasks import TaskSpec
 
-ModelKind = Literal["encoder", "seq2seq"]
+ModelKind = Literal["encoder", "seq2seq", "decoder"]
 """A model family's interface (:attr:`sparse_dist.models.families.base.ModelFamily.kind`)."""
 
 
@@ -94,6 +94,22 @@ def encode_text_to_text_inputs(task: TaskSpec, tokenizer: PreTrainedTokenizerBas
     return {"input_ids": input_ids, "attention_mask": [[1] * len(ids) for ids in input_ids]}
 
 
+def encode_prompt_and_target(tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]], targets: list[str],
+                             max_target_length: int) -> dict[str, list]:
+    """Causal-LM training examples: prompt ids then target ids (a space before the target, cut at
+    ``max_target_length`` with the end-of-text token), labelled -100 on the prompt so that the loss counts
+    the target tokens only. The model shifts the labels itself: the logits at position t predict token t + 1.
+    """
+    target_ids = tokenizer([" " + target for target in targets], add_special_tokens=False)["input_ids"]
+    out: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": []}
+    for prompt, target in zip(prompts, target_ids):
+        target = target[:max(max_target_length - 1, 0)] + [tokenizer.eos_token_id]
+        out["input_ids"].append(prompt + target)
+        out["attention_mask"].append([1] * (len(prompt) + len(target)))
+        out["labels"].append([-100] * len(prompt) + target)
+    return out
+
+
 def truncate_longest_first(lengths: list[int], budget: int) -> list[int]:
     """How many tokens of each text to keep so that they sum to at most ``budget``: one token at a time off
     the longest text (the later one on a tie), as transformers' ``longest_first`` truncates a pair."""
@@ -139,14 +155,31 @@ class Collator:
     """Pads a list of encoded examples into a batch; ``idx`` (if present) stays a separate tensor."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, kind: ModelKind):
+        self._pad_prompts = None
         if kind == "seq2seq":
             self._pad = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, return_tensors="pt")
+        elif kind == "decoder":
+            # Training batches (with labels) pad on the right, so positions count from each sequence's
+            # start; prompts to continue pad on the left, so that every row's last token is its own.
+            self._pad = DataCollatorForSeq2Seq(_padding_on(tokenizer, "right"), label_pad_token_id=-100,
+                                               return_tensors="pt")
+            self._pad_prompts = DataCollatorWithPadding(_padding_on(tokenizer, "left"), return_tensors="pt")
         else:
             self._pad = DataCollatorWithPadding(tokenizer, return_tensors="pt")
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         idx = [f.pop("idx") for f in features if "idx" in f]
-        batch = {key: value for key, value in self._pad(features).items() if value is not None}
+        pad = self._pad_prompts if self._pad_prompts is not None and "labels" not in features[0] else self._pad
+        batch = {key: value for key, value in pad(features).items() if value is not None}
         if idx:
             batch["idx"] = torch.tensor(idx, dtype=torch.long)
         return batch
+
+
+def _padding_on(tokenizer: PreTrainedTokenizerBase, side: str) -> PreTrainedTokenizerBase:
+    """A shallow copy of the tokenizer that pads on ``side`` (the shared one is left as it is)."""
+    import copy
+
+    padded = copy.copy(tokenizer)
+    padded.padding_side = side
+    return padded

@@ -15,6 +15,8 @@ def build_distiller(config: DistillConfig, model_cfg: ModelConfig, task: TaskSpe
                     ds_config: dict, comm, env, seed: int) -> Distiller:
     """No distillation, an external teacher, or self-regularization (PINS). All ranks call."""
     task_type = task.type  # which logits are compared, and with which losses
+    if built.family.predicts_next_token:
+        task_type = NextTokenDistillation(task_type)
 
     def offloaded(name_or_path: str, head: str, key: str) -> OffloadedTeacher:
         teacher_cfg = replace(model_cfg, name_or_path=name_or_path, head=head, gradient_checkpointing=False)
@@ -32,3 +34,19 @@ def build_distiller(config: DistillConfig, model_cfg: ModelConfig, task: TaskSpe
         def make_teacher():
             return offloaded(model_cfg.name_or_path, model_cfg.head, "model.name_or_path")
     return SelfRegularization(config, make_teacher, built.model, task_type, external=external)
+
+
+class NextTokenDistillation:
+    """A task type's distillation for a causal LM: the logits at position t are compared on the label at
+    t + 1 (the shift the model's own loss makes), so teacher and student are matched on the target tokens
+    they predict, and the prompt's -100 labels drop out as they do from the task loss."""
+
+    def __init__(self, task_type):
+        self.task_type = task_type
+
+    def distill_logits(self, outputs):
+        return self.task_type.distill_logits(outputs)
+
+    def distill_losses(self, student, teacher, labels, adaptive, alpha_ce, alpha_kd, temperature):
+        return self.task_type.distill_losses(student[:, :-1], teacher[:, :-1], labels[:, 1:], adaptive, alpha_ce,
+                                             alpha_kd, temperature)

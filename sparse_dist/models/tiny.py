@@ -1,11 +1,12 @@
 """Tiny random-initialised models, buildable by name, for tests and CPU smoke runs.
 
-``tiny-bert``, ``tiny-roberta`` and ``tiny-t5`` are written once as ordinary checkpoint directories
-(config, safetensors weights, tokenizer) under the cache directory, so every code path, ZeRO-3's
-partitioned construction included, loads them through ``from_pretrained`` exactly like a real model.
+``tiny-bert``, ``tiny-roberta``, ``tiny-t5``, ``tiny-gpt2`` and ``tiny-llama`` are written once as ordinary
+checkpoint directories (config, safetensors weights, tokenizer) under the cache directory, so every code
+path, ZeRO-3's partitioned construction included, loads them through ``from_pretrained`` exactly like a
+real model.
 Weights come from a fixed seed and tokenizers from a fixed vocabulary, so the directory is the same
 on every rank and every machine. Each checkpoint carries its pretraining head (MLM head for the
-encoders, LM head for T5), as a real one would.
+encoders, LM head for T5 and the decoders), as a real one would.
 """
 
 from __future__ import annotations
@@ -90,13 +91,11 @@ def _bert():
     return _seeded(lambda: BertForMaskedLM(config)), tokenizer
 
 
-def _roberta():
-    from transformers import RobertaConfig, RobertaForMaskedLM, RobertaTokenizer
+def _byte_level_bpe(specials: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A byte-level BPE vocabulary: every byte is a token, so any text encodes; merges build the label
+    words (with and without a leading space) into single tokens, as a real vocabulary has them."""
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-    # Byte-level BPE: every byte is a token, so any text encodes; merges build the label words (with and
-    # without a leading space) into single tokens, as a real vocabulary has them.
-    specials = ["<s>", "<pad>", "</s>", "<unk>"]
     tokens = [*specials, *bytes_to_unicode().values()]
     merges = []
     # Space-prefixed words first: earlier merges take priority, and " Yes" must not become "Ġ" + "Yes".
@@ -106,13 +105,45 @@ def _roberta():
             if merge not in merges:
                 merges.append(merge)
                 tokens.append(word[:end])
-    vocab = {token: i for i, token in enumerate(dict.fromkeys(tokens))}
+    return {token: i for i, token in enumerate(dict.fromkeys(tokens))}, merges
+
+
+def _roberta():
+    from transformers import RobertaConfig, RobertaForMaskedLM, RobertaTokenizer
+
+    vocab, merges = _byte_level_bpe(["<s>", "<pad>", "</s>", "<unk>"])
     vocab["<mask>"] = len(vocab)
     tokenizer = RobertaTokenizer(vocab=vocab, merges=merges)
     config = RobertaConfig(vocab_size=len(vocab), hidden_size=_HIDDEN, num_hidden_layers=_LAYERS,
                            num_attention_heads=_HEADS, intermediate_size=_FFN,
                            max_position_embeddings=_POSITIONS + 2, pad_token_id=1, bos_token_id=0, eos_token_id=2)
     return _seeded(lambda: RobertaForMaskedLM(config)), tokenizer
+
+
+def _gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
+
+    # GPT-2's own layout: one special token for end of text, also used as padding (a real checkpoint has
+    # no pad token; sparse_dist pads with it and masks it out).
+    vocab, merges = _byte_level_bpe(["<|endoftext|>"])
+    tokenizer = GPT2Tokenizer(vocab=vocab, merges=merges, pad_token="<|endoftext|>")
+    config = GPT2Config(vocab_size=len(vocab), n_embd=_HIDDEN, n_layer=_LAYERS, n_head=_HEADS, n_inner=_FFN,
+                        n_positions=_POSITIONS, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    return _seeded(lambda: GPT2LMHeadModel(config)), tokenizer
+
+
+def _llama():
+    from transformers import GPT2Tokenizer, LlamaConfig, LlamaForCausalLM
+
+    # Byte-level BPE with Llama's special tokens, as Llama 3 checkpoints have (a GPT-2 style tokenizer).
+    vocab, merges = _byte_level_bpe(["<unk>", "<s>", "</s>"])
+    tokenizer = GPT2Tokenizer(vocab=vocab, merges=merges, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                              pad_token="</s>")
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=_HIDDEN, num_hidden_layers=_LAYERS,
+                         num_attention_heads=_HEADS, num_key_value_heads=1, intermediate_size=_FFN,
+                         max_position_embeddings=_POSITIONS, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+                         tie_word_embeddings=False)
+    return _seeded(lambda: LlamaForCausalLM(config)), tokenizer
 
 
 def _t5():
@@ -130,4 +161,5 @@ def _t5():
     return _seeded(lambda: T5ForConditionalGeneration(config)), tokenizer
 
 
-_BUILDERS: dict[str, Callable] = {"tiny-bert": _bert, "tiny-roberta": _roberta, "tiny-t5": _t5}
+_BUILDERS: dict[str, Callable] = {"tiny-bert": _bert, "tiny-roberta": _roberta, "tiny-t5": _t5, "tiny-gpt2": _gpt2,
+                                   "tiny-llama": _llama}

@@ -1,6 +1,9 @@
 """Linear layers whose weights are masked by learned scores (movement, soft movement, SMP).
 
-``MaskedLinear`` computes ``x @ (W * M(S))^T + b`` with a learned score ``S`` per weight. The mask is
+``MaskedLinear`` computes ``x @ (W * M(S))^T + b`` with a learned score ``S`` per weight; around GPT-2's
+``Conv1D``, whose weight is stored transposed (``[in, out]``), it computes ``x @ (W * M(S)) + b``. Scores
+and masks always have the stored weight's shape, so every flat index means the same weight in the
+parameter, its ZeRO fragments, its mask and the exported checkpoint, whatever the orientation. The mask is
 binary in the forward pass and transparent in the backward pass (straight-through): the gradient that
 reaches ``S`` is the gradient with respect to the mask, ``dL/dM = dL/dW' * W`` (Sanh et al. 2020).
 
@@ -60,10 +63,14 @@ class MaskedLinear(torch.nn.Module):
     movement's threshold with its floor) and ``"none"`` (keeps everything).
     """
 
-    def __init__(self, linear: torch.nn.Linear, score_init: float):
+    def __init__(self, linear: torch.nn.Module, score_init: float):
         super().__init__()
-        self.in_features = linear.in_features
-        self.out_features = linear.out_features
+        self.transposed = is_transposed_linear(linear)
+        """Whether the weight is stored ``[in, out]`` (GPT-2's ``Conv1D``) rather than ``[out, in]``."""
+        if self.transposed:
+            self.in_features, self.out_features = linear.nx, linear.nf
+        else:
+            self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = linear.weight
         self.bias = linear.bias
         shape = tuple(getattr(linear.weight, "ds_shape", linear.weight.shape))
@@ -110,10 +117,18 @@ class MaskedLinear(torch.nn.Module):
         if self.track_sigmoid_mass and torch.is_grad_enabled():  # only the pass the regulariser differentiates
             self.sigmoid_mass = torch.sigmoid(self.scores).mean()
         mask = _StraightThrough.apply(self.scores, self.current_mask().detach())
-        return F.linear(inputs, self.weight * mask.to(self.weight.dtype), self.bias)
+        weight = self.weight * mask.to(self.weight.dtype)
+        return F.linear(inputs, weight.t() if self.transposed else weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, mode={self.mode}"
+
+
+def is_transposed_linear(module: torch.nn.Module) -> bool:
+    """Whether a module is a linear layer with its weight stored ``[in, out]`` (GPT-2's ``Conv1D``)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return isinstance(module, Conv1D)
 
 
 def _logit(p: float) -> float:

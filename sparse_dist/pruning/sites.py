@@ -4,7 +4,8 @@ The linear weight matrices of every transformer block are prunable; embeddings, 
 and every head are not. Each site has a layer and a *type*, used by per-type budgets (SMP-S). Which
 modules are sites, and their types, is the model family's to say
 (:meth:`sparse_dist.models.families.base.ModelFamily.site_of`): BERT / RoBERTa have Q, K, V, O, U, D;
-T5 has ``<stack>.<attention>.<q|k|v|o>`` and ``<stack>.ffn.<wi|wi_0|wi_1|wo>``.
+T5 has ``<stack>.<attention>.<q|k|v|o>`` and ``<stack>.ffn.<wi|wi_0|wi_1|wo>``; GPT-2 and Llama have
+``attn.<qkv|q|k|v|o>`` and ``ffn.<up|gate|down>`` (GPT-2's ``Conv1D`` sites keep their stored ``[in, out]`` shape).
 
 Sites are found by module name, so a model wrapped in another module (SMP's label-word head) keeps
 its sites.
@@ -53,7 +54,8 @@ def find_sites(model: torch.nn.Module) -> list[Site]:
     family = family_of(model)
     sites = [site for name, module in model.named_modules() if (site := site_of(name, module, family)) is not None]
     if not sites:
-        raise ValueError(f"{type(model).__name__}: no prunable matrices found (supported: BERT, RoBERTa, T5)")
+        raise ValueError(f"{type(model).__name__}: no prunable matrices found "
+                         "(supported: BERT, RoBERTa, T5, GPT-2, Llama)")
     return sites
 
 

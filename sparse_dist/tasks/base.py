@@ -4,8 +4,10 @@ A task type is one object per kind of problem (sequence classification, regressi
 generation, ...). It owns the task's label column, its encoding for each model interface and the
 collator, the ``AutoModelFor*`` class it needs, how a batch becomes per-example predictions, and the
 logits that distillation and self-regularization read. The model interface is the model family's
-:attr:`~sparse_dist.models.families.base.ModelFamily.kind`: ``encoder`` (a head on the encoder) or
-``seq2seq`` (the task phrased as text, :meth:`TaskType.source_segments` -> :meth:`TaskType.target_text`).
+:attr:`~sparse_dist.models.families.base.ModelFamily.kind`: ``encoder`` (a head on the encoder),
+``seq2seq`` (the task phrased as text, :meth:`TaskType.source_segments` -> :meth:`TaskType.target_text`)
+or ``decoder`` (the same phrasing for a causal LM: prompt then target in one sequence, the loss on the
+target tokens only, generation continues the prompt).
 Which interfaces a type serves, and how, is decided here and nowhere else.
 
 :class:`TaskType` implements the pipeline that sequence-level types share (a text or a pair in, one
@@ -74,10 +76,17 @@ class TaskType:
 
     def model_class(self, kind: str, label_words: bool):
         """The ``transformers`` auto class to load the model with."""
-        from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+        from transformers import (
+            AutoModelForCausalLM,
+            AutoModelForMaskedLM,
+            AutoModelForSeq2SeqLM,
+            AutoModelForSequenceClassification,
+        )
 
         if kind == "seq2seq":
             return AutoModelForSeq2SeqLM
+        if kind == "decoder":
+            return AutoModelForCausalLM
         return AutoModelForMaskedLM if label_words else AutoModelForSequenceClassification
 
     def configure_model(self, task: TaskSpec, config: PretrainedConfig, kind: str) -> None:
@@ -129,7 +138,12 @@ class TaskType:
     def encode_train(self, task: TaskSpec, raw: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, kind: str,
                      max_seq_length: int, max_target_length: int) -> datasets.Dataset:
         """Tokenized training examples with ``labels``."""
-        from sparse_dist.data.encode import check_class_targets, encode_pair_inputs, encode_text_to_text_inputs
+        from sparse_dist.data.encode import (
+            check_class_targets,
+            encode_pair_inputs,
+            encode_prompt_and_target,
+            encode_text_to_text_inputs,
+        )
 
         raw = self.train_examples(raw)
         if kind == "seq2seq":
@@ -143,6 +157,8 @@ class TaskType:
                 return features
             features = encode_text_to_text_inputs(task, tokenizer, examples, max_seq_length)
             targets = [self.training_target(task, example) for example in examples]
+            if kind == "decoder":
+                return encode_prompt_and_target(tokenizer, features["input_ids"], targets, max_target_length)
             features["labels"] = tokenizer(text_target=targets, truncation=True,
                                            max_length=max_target_length)["input_ids"]
             return features
@@ -180,7 +196,7 @@ class TaskType:
     def check_generation(self, task: TaskSpec, tokenizer: PreTrainedTokenizerBase, kind: str,
                          max_new_tokens: int) -> None:
         """Refuse an ``eval.max_new_tokens`` that would cut a class word short: it would parse as no class."""
-        if kind != "seq2seq":
+        if kind == "encoder":
             return
         from sparse_dist.data.encode import longest_class_target
 

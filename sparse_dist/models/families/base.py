@@ -4,7 +4,7 @@ A family is one module of this package that defines a module-level ``FAMILY``; i
 transformers ``model_type`` of a checkpoint (:func:`sparse_dist.models.families.get_family`). It owns:
 
 - :attr:`ModelFamily.kind`, the interface the task types serve it through: ``encoder`` (a head on the
-  encoder's output) or ``seq2seq`` (text in, text out);
+  encoder's output), ``seq2seq`` (text in, text out) or ``decoder`` (a causal LM: prompt, then target);
 - its prunable sites and their matrix types (:meth:`ModelFamily.site_of`);
 - SMP's label-word head: where the masked-LM head is, and which position it is read at;
 - what the checks before start need: whether inputs are bounded by absolute positions, its dropout keys.
@@ -26,11 +26,14 @@ class ModelFamily:
     model_types: tuple[str, ...] = ()
     """The transformers ``model_type`` values of the family's checkpoints."""
     kind = "encoder"
-    """The interface task types serve: ``encoder`` or ``seq2seq`` (see :mod:`sparse_dist.tasks.base`)."""
+    """The interface task types serve: ``encoder``, ``seq2seq`` or ``decoder`` (see :mod:`sparse_dist.tasks.base`)."""
     dropout_keys: tuple[str, ...] = ()
     """Names of the dropout probabilities in the family's transformers config (``model.dropout``)."""
     absolute_positions = True
     """Whether inputs longer than the tokenizer's ``model_max_length`` fail (learned absolute positions)."""
+    predicts_next_token = False
+    """Whether the logits at position t predict token t + 1 (a causal LM reading prompt and target as one
+    sequence): per-token distillation then pairs them with the label at t + 1."""
     label_words = False
     """Whether ``model.head: label_words`` reads the family's masked-LM head (SMP); else the family reads
     every task through its own LM head or a classifier."""
