@@ -10,16 +10,19 @@ are the same on every rank.
 import hashlib
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 from harness import run_distributed
-
 from runs import DATA_DIR, tiny_config
+
 from sparse_dist.config import ConfigError, load_config
+from sparse_dist.data.extractive_qa import postprocess_qa_predictions
 from sparse_dist.distributed.env import init_distributed
 from sparse_dist.pruning.export import full_masks
 from sparse_dist.pruning.schedule import kept_count
+from sparse_dist.tasks.extractive_qa import MAX_ANSWER_LENGTH, N_BEST_SIZE
 from sparse_dist.trainer import Trainer
 
 QA_DATA = {"max_seq_length": 128, "doc_stride": 32, "max_train_examples": 12, "max_eval_examples": 3}
@@ -82,10 +85,6 @@ def evaluate_fresh_model(root: str, stage: int) -> dict:
     dev = trainer.task_data.dev[0]
     predictions = trainer.evaluator.predict(trainer.engine.module, dev)
     metrics = trainer.evaluator.evaluate(trainer.engine.module)
-    from sparse_dist.tasks.extractive_qa import N_BEST_SIZE, MAX_ANSWER_LENGTH
-    from sparse_dist.data.extractive_qa import postprocess_qa_predictions
-    import numpy as np
-
     answers = postprocess_qa_predictions(dev.gold.examples, dev.gold.windows, np.stack([s for s, _ in predictions]),
                                          np.stack([e for _, e in predictions]), N_BEST_SIZE, MAX_ANSWER_LENGTH)
     return {"windows": len(predictions), "example_id": dev.gold.windows["example_id"], "metrics": metrics,

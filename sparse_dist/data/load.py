@@ -2,12 +2,13 @@
 
 Every split comes back as a ``datasets.Dataset`` with the canonical columns
 ``text_a``, ``text_b`` (pairs only) and ``label`` for GLUE, or ``triples``, ``references`` and
-``category`` for WebNLG, or the SQuAD columns (``id``, ``context``, ``question``, ``answers``), plus ``idx`` (the row's position in the split). Problems with the files (a
-missing file or column, an unknown label, an empty split) raise :class:`DataError` with the path (and
+``category`` for WebNLG, or the SQuAD columns (``id``, ``title``, ``context``, ``question``, ``answers``),
+plus ``idx`` (the row's position in the split). Problems with the files (a missing file or column, an
+unknown label, an empty split, a SQuAD answer not at its ``answer_start``) raise :class:`DataError` with the path (and
 the row); a split the hub cannot give (offline, not cached) raises it with the dataset's name.
 :func:`check_data_source` is the part of that which can be seen without reading the data (the local
-files exist, their header has the columns, the hub is reachable when they are missing), for the checks
-that run before any rank starts.
+files exist, their header has the columns, every SQuAD answer is where it says, the hub is reachable
+when they are missing), for the checks that run before any rank starts.
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ Which interfaces a type serves, and how, is decided here and nowhere else.
 :class:`TaskType` implements the pipeline that sequence-level types share (a text or a pair in, one
 label per example out); a type of another shape (token classification, extractive QA) overrides
 :meth:`encode_train`, :meth:`encode_eval`, :meth:`collator`, :meth:`predict_batch` and
-:meth:`distill_losses`. Heavy libraries are imported inside the methods: the config imports the task
-registry to check ``data.task``.
+:meth:`distill_losses`, and where needed :meth:`loss_labels` (labels not in ``labels``), :meth:`score`
+(predictions reduced before scoring: QA's windows to answers) and :meth:`distill_logits`. Heavy libraries
+are imported inside the methods: the config imports the task registry to check ``data.task``.
 """
 
 from __future__ import annotations
