@@ -15,11 +15,10 @@ tokens per example), with the start and end positions as labels.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from sparse_dist.config import ConfigError
 from sparse_dist.tasks.base import TaskType
-from sparse_dist.tasks.spec import LocalLayout, TaskSpec
+from sparse_dist.tasks.spec import TaskSpec
 
 N_BEST_SIZE = 20
 """Candidate start and end tokens per window in post-processing (as in HF's run_qa)."""
@@ -130,16 +129,3 @@ def _stride(max_seq_length: int, doc_stride: int | None) -> int:
 
 
 EXTRACTIVE_QA = ExtractiveQA()
-
-TASKS: dict[str, TaskSpec] = {
-    "squad": TaskSpec(
-        name="squad", type=EXTRACTIVE_QA, hub_path="rajpurkar/squad", hub_name=None, hub_columns={},
-        metrics=("exact_match", "f1"), primary_metric="f1", text_fields=("question", "context"),
-        local=LocalLayout(directory="squad", files={"train": "train-v1.1-first50articles.json",
-                                                    "validation": "dev-v1.1.json"}, columns={}),
-        reader="squad"),
-}
-"""SQuAD v1.1: the official JSON files in ``<data.local_dir>/squad`` (the local train file holds the first
-50 articles), or ``rajpurkar/squad`` from the hub."""
-
-__all__: list[Any] = ["EXTRACTIVE_QA", "ExtractiveQA", "QAGold", "TASKS"]
