@@ -93,6 +93,7 @@ def evaluate_fresh_model(root: str, stage: int) -> dict:
 
 
 @pytest.mark.distributed
+@pytest.mark.slow  # 4-6 minutes on 2 shared cores: one and two ranks, every window forwarded on its own
 @pytest.mark.parametrize("stage", [2, 3])
 def test_distributed_evaluation_equals_single_process_exactly(stage, tmp_path):
     single = run_distributed(evaluate_fresh_model, 1, str(tmp_path / "ws1"), stage)[0]
