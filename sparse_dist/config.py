@@ -65,11 +65,14 @@ class DataConfig:
     """Which task and where its data comes from."""
 
     task: str = "sst2"
-    """A task of sparse_dist.tasks: GLUE (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli) or webnlg."""
+    """A task of sparse_dist.tasks: GLUE (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli), webnlg or squad."""
     local_dir: str | None = None
     """Directory in the layout of ../shared/data; if it does not exist the hub dataset is used."""
     max_seq_length: int = 128
-    """Longest input in tokens; longer inputs are truncated."""
+    """Longest input in tokens; longer inputs are truncated (extractive QA: the window length, e.g. 384)."""
+    doc_stride: int | None = None
+    """Extractive QA: overlap in tokens of consecutive windows over a long context (None: max_seq_length // 3,
+    128 for 384-token windows)."""
     max_target_length: int = 64
     """Longest target in tokens with </s> (text-to-text only): references are cut, class words must fit."""
     max_train_examples: int | None = None
@@ -398,6 +401,8 @@ def validate(config: RunConfig) -> None:
 
     _require(d.task in TASKS, "data.task", f"must be one of {', '.join(TASKS)}", d.task)
     _require(d.max_seq_length >= 8, "data.max_seq_length", "must be >= 8", d.max_seq_length)
+    _require(d.doc_stride is None or 0 <= d.doc_stride < d.max_seq_length, "data.doc_stride",
+             f"must be in [0, data.max_seq_length={d.max_seq_length}) or null", d.doc_stride)
     _require(d.max_target_length >= 1, "data.max_target_length", "must be >= 1", d.max_target_length)
     for key in ("max_train_examples", "max_eval_examples"):
         value = getattr(d, key)

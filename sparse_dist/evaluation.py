@@ -3,8 +3,10 @@
 Every rank predicts its shard (see :func:`~sparse_dist.data.sampler.eval_shard`); the per-example
 predictions (a label id, a score or a generated sentence) are gathered on all ranks and put back in
 dataset order, and the metric is computed on the complete list, so the result is the same number a
-single process would get. Under ZeRO-3 every forward pass and every generation step is collective:
-all ranks run the same number of batches, and generation runs with ``synced_gpus``.
+single process would get. The task type scores the whole list (extractive QA: one prediction per window,
+reduced to one answer per question only now, when every window of every question is in). Under ZeRO-3
+every forward pass and every generation step is collective: all ranks run the same number of batches, and
+generation runs with ``synced_gpus``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from sparse_dist.config import EvalConfig
 from sparse_dist.data.sampler import eval_batches_real, eval_shard
 from sparse_dist.data.task_data import EvalSet, TaskData
 from sparse_dist.distributed.env import DistEnv
-from sparse_dist.metrics import compute_metrics
 from sparse_dist.tasks import split_label
 
 
@@ -49,7 +50,8 @@ class Evaluator:
             for dev in self.task_data.dev:
                 predictions = self.predict(model, dev)
                 prefix = split_label(dev.split)
-                for name, value in compute_metrics(self.task_data.task.metrics, predictions, dev.gold).items():
+                task = self.task_data.task
+                for name, value in task.type.score(task, predictions, dev.gold).items():
                     results[f"{prefix}/{name}" if prefix else name] = value
         finally:
             model.train(was_training)

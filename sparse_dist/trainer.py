@@ -256,7 +256,7 @@ class Trainer:
         text-to-text models and per example otherwise.
         """
         step = self.step + 1
-        units = [loss_units(batch["labels"]) for batch in micro_batches]
+        units = [loss_units(self.task.type.loss_labels(batch)) for batch in micro_batches]
         total_units = self._sum_over_ranks(sum(units))
         # Every loss is a mean over its micro-batch's units (tokens or examples), and DeepSpeed divides each
         # micro-batch's loss by grad_accum_steps and averages gradients over ranks: a weight of 1/(A W) per

@@ -2,12 +2,13 @@
 
 Every split comes back as a ``datasets.Dataset`` with the canonical columns
 ``text_a``, ``text_b`` (pairs only) and ``label`` for GLUE, or ``triples``, ``references`` and
-``category`` for WebNLG, plus ``idx`` (the row's position in the split). Problems with the files (a
-missing file or column, an unknown label, an empty split) raise :class:`DataError` with the path (and
+``category`` for WebNLG, or the SQuAD columns (``id``, ``title``, ``context``, ``question``, ``answers``),
+plus ``idx`` (the row's position in the split). Problems with the files (a missing file or column, an
+unknown label, an empty split, a SQuAD answer not at its ``answer_start``) raise :class:`DataError` with the path (and
 the row); a split the hub cannot give (offline, not cached) raises it with the dataset's name.
 :func:`check_data_source` is the part of that which can be seen without reading the data (the local
-files exist, their header has the columns, the hub is reachable when they are missing), for the checks
-that run before any rank starts.
+files exist, their header has the columns, every SQuAD answer is where it says, the hub is reachable
+when they are missing), for the checks that run before any rank starts.
 """
 
 from __future__ import annotations
@@ -242,6 +243,30 @@ def _check_webnlg(task: TaskSpec, path: Path, split: str) -> None:
         raise ConfigError(f"data.local_dir: {path}: no WebNLG files (expected <N>triples/<Category>.xml)")
 
 
+# --- SQuAD -------------------------------------------------------------------------------------
+
+
+def _load_squad_local(task: TaskSpec, split: str, directory: Path, limit: int | None) -> tuple[datasets.Dataset, str]:
+    from sparse_dist.data.squad import read_squad  # imports this module (DataError)
+
+    if split not in task.local.files:
+        raise DataError(f"{directory}: SQuAD has no {split} split (known: {', '.join(task.local.files)})")
+    path = directory / task.local.files[split]
+    return read_squad(path, limit), str(path)
+
+
+def _check_squad(task: TaskSpec, path: Path, split: str) -> None:
+    """Reads the whole file (a few MB): an answer not at its answer_start is refused before ranks start."""
+    from sparse_dist.data.squad import read_squad
+
+    if not path.is_file():
+        raise ConfigError(f"data.local_dir: {path}: file not found (task {task.name}, split {split})")
+    try:
+        read_squad(path)
+    except DataError as error:
+        raise ConfigError(f"data.local_dir: {error}") from None
+
+
 READERS: dict[str, Reader] = {
     "table": Reader(
         load_local=_load_glue_local,
@@ -253,6 +278,10 @@ READERS: dict[str, Reader] = {
             _first(_load_webnlg_local(task, split, directory, limit), limit), str(directory / task.local.files[split])),
         load_hub=lambda task, split, limit: (_first(_load_webnlg_hub(task, split), limit), f"{task.hub_path}:{split}"),
         check_local=_check_webnlg),
+    "squad": Reader(
+        load_local=_load_squad_local,
+        load_hub=lambda task, split, limit: (_first(_load_hub(task, split), limit), f"{task.hub_path}:{split}"),
+        check_local=_check_squad),
 }
 """Every file format by :attr:`TaskSpec.reader` name: ``table`` (TSV files with a header, or hub columns, as
-GLUE) and ``webnlg`` (WebNLG 2017 XML)."""
+GLUE), ``webnlg`` (WebNLG 2017 XML) and ``squad`` (SQuAD v1.1 JSON, or the hub's ``rajpurkar/squad`` columns)."""

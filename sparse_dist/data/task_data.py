@@ -42,11 +42,13 @@ def build_task_data(data: DataConfig, task: TaskSpec, tokenizer: PreTrainedToken
                     kind: ModelKind) -> TaskData:
     """Load, subset and tokenize the training split and every dev split of the task."""
     raw_train = load_split(task, task.train_split, data.local_dir, data.max_train_examples)
-    train = task.type.encode_train(task, raw_train, tokenizer, kind, data.max_seq_length, data.max_target_length)
+    train = task.type.encode_train(task, raw_train, tokenizer, kind, data.max_seq_length, data.max_target_length,
+                                   doc_stride=data.doc_stride)
     dev = []
     for split in task.dev_splits:
         raw = load_split(task, split, data.local_dir, data.max_eval_examples)
-        inputs, gold = task.type.encode_eval(task, raw, tokenizer, kind, data.max_seq_length)
+        inputs, gold = task.type.encode_eval(task, raw, tokenizer, kind, data.max_seq_length,
+                                                   doc_stride=data.doc_stride)
         dev.append(EvalSet(split=split, inputs=inputs, gold=gold))
     log.info("task %s: %d training examples, dev: %s", task.name, len(train),
              ", ".join(f"{d.split} {len(d.inputs)}" for d in dev))

@@ -3,8 +3,9 @@
 - No teacher: the model's own task loss.
 - External teacher (``distill.teacher``): ``a_ce CE + a_kd T^2 KL`` for the whole run.
 
-The task's type (:mod:`sparse_dist.tasks.base`) says which logits are compared and with which losses of
-:mod:`sparse_dist.distill.losses` (MSE for a regression).
+The task's type (:mod:`sparse_dist.tasks.base`) says which logits are compared (of the student's and of
+the teacher's outputs alike: extractive QA stacks start and end logits), against which labels, and with
+which losses of :mod:`sparse_dist.distill.losses` (MSE for a regression).
 - Self-regularization (``distill.self_regularization``, PINS): the teacher is the student's best state
   on the dev set so far. Every evaluation that improves the task's primary metric (on all ranks, the
   same decision everywhere) makes the teacher a copy of the current student, pruned weights and all.
@@ -58,8 +59,9 @@ class ExternalDistillation(Distiller):
 
     def loss(self, outputs, batch):
         c = self.config
-        return self.task_type.distill_losses(self.task_type.distill_logits(outputs), self.teacher.logits(batch),
-                                             batch["labels"], False, c.alpha_ce, c.alpha_kd, c.temperature)
+        t = self.task_type
+        return t.distill_losses(t.distill_logits(outputs), t.distill_logits(self.teacher.outputs(batch)),
+                                t.loss_labels(batch), False, c.alpha_ce, c.alpha_kd, c.temperature)
 
     def report(self):
         return {}
@@ -86,8 +88,9 @@ class SelfRegularization(Distiller):
         if teacher is None:
             return {"loss": outputs.loss}
         c = self.config
-        return self.task_type.distill_losses(self.task_type.distill_logits(outputs), teacher.logits(batch),
-                                             batch["labels"], True, c.alpha_ce, c.alpha_kd, c.temperature)
+        t = self.task_type
+        return t.distill_losses(t.distill_logits(outputs), t.distill_logits(teacher.outputs(batch)),
+                                t.loss_labels(batch), True, c.alpha_ce, c.alpha_kd, c.temperature)
 
     def on_evaluation(self, improved: bool) -> None:
         if not improved:

@@ -82,10 +82,15 @@ class OffloadedTeacher:
         return self.engine.module
 
     @torch.no_grad()
-    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Teacher logits for a batch (the same batch on every rank's shard). All ranks call."""
+    def outputs(self, batch: dict[str, torch.Tensor]):
+        """The teacher's model outputs for a batch (the same batch on every rank's shard); the task type
+        reads its logits (``distill_logits``). All ranks call."""
         inputs = {k: v for k, v in batch.items() if k != "idx"}
-        return self.engine.module(**inputs).logits
+        return self.engine.module(**inputs)
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The ``logits`` of :meth:`outputs` (sequence-level tasks). All ranks call."""
+        return self.outputs(batch).logits
 
     def host_bytes(self) -> int:
         """Bytes of teacher parameters this rank keeps (its partitions)."""
@@ -178,9 +183,13 @@ class MaskTeacher:
         self.masks = [PackedMask(m.bits.clone(), m.numel) for m in self.pruner.masks]
         self.updates += 1
 
-    @torch.no_grad()
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The student's logits with the remembered masks. All ranks call (each mask is gathered once).
+        """The ``logits`` of :meth:`outputs` (sequence-level tasks). All ranks call."""
+        return self.outputs(batch).logits
+
+    @torch.no_grad()
+    def outputs(self, batch: dict[str, torch.Tensor]):
+        """The student's outputs with the remembered masks. All ranks call (each mask is gathered once).
 
         The pass runs through the student's own layers, so it must leave the student exactly as it was: the
         training flag, and every masked layer's state (the masks swapped in here, the sigmoid mass a forward
@@ -195,7 +204,7 @@ class MaskTeacher:
             for layer, mask in zip(layers, full):
                 layer.fixed_mask = mask
             inputs = {k: v for k, v in batch.items() if k != "idx"}  # T5 needs labels for its decoder inputs
-            return self.student(**inputs).logits
+            return self.student(**inputs)
         finally:
             self.student.train(was_training)
             for layer, snapshot in zip(layers, snapshots):

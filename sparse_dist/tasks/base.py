@@ -13,8 +13,9 @@ Which interfaces a type serves, and how, is decided here and nowhere else.
 :class:`TaskType` implements the pipeline that sequence-level types share (a text or a pair in, one
 label per example out); a type of another shape (token classification, extractive QA) overrides
 :meth:`encode_train`, :meth:`encode_eval`, :meth:`collator`, :meth:`predict_batch` and
-:meth:`distill_losses`. Heavy libraries are imported inside the methods: the config imports the task
-registry to check ``data.task``.
+:meth:`distill_losses`, and where needed :meth:`loss_labels` (labels not in ``labels``), :meth:`score`
+(predictions reduced before scoring: QA's windows to answers) and :meth:`distill_logits`. Heavy libraries
+are imported inside the methods: the config imports the task registry to check ``data.task``.
 """
 
 from __future__ import annotations
@@ -136,8 +137,9 @@ class TaskType:
     # --- encoding -----------------------------------------------------------------------------------
 
     def encode_train(self, task: TaskSpec, raw: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, kind: str,
-                     max_seq_length: int, max_target_length: int) -> datasets.Dataset:
-        """Tokenized training examples with ``labels``."""
+                     max_seq_length: int, max_target_length: int, doc_stride: int | None = None) -> datasets.Dataset:
+        """Tokenized training examples with ``labels``. ``doc_stride`` (``data.doc_stride``) is read by types
+        that cut long inputs into overlapping windows (extractive QA)."""
         from sparse_dist.data.encode import (
             check_class_targets,
             encode_pair_inputs,
@@ -167,7 +169,7 @@ class TaskType:
                        desc=f"tokenizing {task.name} train")
 
     def encode_eval(self, task: TaskSpec, raw: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, kind: str,
-                    max_seq_length: int) -> tuple[datasets.Dataset, list]:
+                    max_seq_length: int, doc_stride: int | None = None) -> tuple[datasets.Dataset, list]:
         """Tokenized dev inputs (with ``idx``) and the gold answers in ``idx`` order."""
         from sparse_dist.data.encode import encode_pair_inputs, encode_text_to_text_inputs
 
@@ -190,6 +192,10 @@ class TaskType:
         from sparse_dist.data.encode import Collator
 
         return Collator(tokenizer, kind)
+
+    def loss_labels(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The labels of a training batch, as the losses of :mod:`sparse_dist.distill.losses` read them."""
+        return batch["labels"]
 
     # --- predictions --------------------------------------------------------------------------------
 
@@ -216,6 +222,12 @@ class TaskType:
     def predictions_from_logits(self, logits: torch.Tensor) -> list:
         """Per-example predictions of an encoder head."""
         return logits.argmax(dim=-1).tolist()
+
+    def score(self, task: TaskSpec, predictions: list, gold: Any) -> dict[str, float]:
+        """The task's metrics of a whole dev set's predictions (in ``idx`` order) against its gold answers."""
+        from sparse_dist.metrics import compute_metrics
+
+        return compute_metrics(task.metrics, predictions, gold)
 
     # --- distillation -------------------------------------------------------------------------------
 
