@@ -52,7 +52,8 @@ class ExtractiveQA(TaskType):
 
     def check_model(self, task, kind, config, name, head, key):
         if kind != "encoder":
-            raise ConfigError(f"{key}: {name} is a {config.model_type} text-to-text model; extractive QA "
+            what = "decoder-only" if kind == "decoder" else "text-to-text"
+            raise ConfigError(f"{key}: {name} is a {config.model_type} {what} model; extractive QA "
                               f"({task.name}) needs an encoder (BERT, RoBERTa) with a span head")
         if head == "label_words":
             raise ConfigError(f"model.head: {task.name} has no label words (the answer is a span); use "
