@@ -19,7 +19,6 @@ from sparse_dist.config import EvalConfig
 from sparse_dist.data.sampler import eval_batches_real, eval_shard
 from sparse_dist.data.task_data import EvalSet, TaskData
 from sparse_dist.distributed.env import DistEnv
-from sparse_dist.metrics import compute_metrics
 from sparse_dist.tasks import split_label
 
 
@@ -49,7 +48,8 @@ class Evaluator:
             for dev in self.task_data.dev:
                 predictions = self.predict(model, dev)
                 prefix = split_label(dev.split)
-                for name, value in compute_metrics(self.task_data.task.metrics, predictions, dev.gold).items():
+                task = self.task_data.task
+                for name, value in task.type.compute_metrics(task, predictions, dev.gold).items():
                     results[f"{prefix}/{name}" if prefix else name] = value
         finally:
             model.train(was_training)

@@ -40,6 +40,8 @@ class TaskType:
     """The encoder head's ``problem_type`` in the transformers config (which loss it computes)."""
     regression = False
     """Whether outputs are scores: MSE in the label-word head and in distillation, not distributions."""
+    label_word_head = True
+    """Whether an encoder can serve it with SMP's label-word head (a masked-LM read at the first token)."""
 
     # --- data ---------------------------------------------------------------------------------------
 
@@ -200,6 +202,12 @@ class TaskType:
     def predictions_from_logits(self, logits: torch.Tensor) -> list:
         """Per-example predictions of an encoder head."""
         return logits.argmax(dim=-1).tolist()
+
+    def compute_metrics(self, task: TaskSpec, predictions: list, gold: list) -> dict[str, float]:
+        """The task's metrics of complete prediction lists in dataset order (:mod:`sparse_dist.metrics`)."""
+        from sparse_dist.metrics import compute_metrics
+
+        return compute_metrics(task.metrics, predictions, gold)
 
     # --- distillation -------------------------------------------------------------------------------
 
