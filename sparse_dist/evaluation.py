@@ -1,8 +1,8 @@
 """Distributed evaluation on disjoint shards of the dev sets, reduced exactly.
 
 Every rank predicts its shard (see :func:`~sparse_dist.data.sampler.eval_shard`); the per-example
-predictions (a label id, a score or a generated sentence) are gathered on all ranks and put back in
-dataset order, and the metric is computed on the complete list, so the result is the same number a
+predictions (a label id, a score, a generated sentence or a sentence's tags) are gathered on all ranks and put back in
+dataset order, and the task's type computes the metric on the complete list, so the result is the same number a
 single process would get. Under ZeRO-3 every forward pass and every generation step is collective:
 all ranks run the same number of batches, and generation runs with ``synced_gpus``.
 """

@@ -2,9 +2,10 @@
 
 Every split comes back as a ``datasets.Dataset`` with the canonical columns
 ``text_a``, ``text_b`` (pairs only) and ``label`` for GLUE, or ``triples``, ``references`` and
-``category`` for WebNLG, ``tokens`` and ``label`` (a tag id per word) for CoNLL-2003, plus ``idx`` (the row's position in the split). Problems with the files (a
-missing file or column, an unknown label, an empty split) raise :class:`DataError` with the path (and
-the row); a split the hub cannot give (offline, not cached) raises it with the dataset's name.
+``category`` for WebNLG, or ``tokens`` and ``label`` (a tag id per word) for CoNLL-2003, plus ``idx``
+(the row's position in the split). Problems with the files (a missing file or column, an unknown label,
+an empty split) raise :class:`DataError` with the path (and the row); a split the hub cannot give
+(offline, not cached) raises it with the dataset's name.
 :func:`check_data_source` is the part of that which can be seen without reading the data (the local
 files exist, their header has the columns, the hub is reachable when they are missing), for the checks
 that run before any rank starts.

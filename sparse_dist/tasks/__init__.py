@@ -2,8 +2,9 @@
 
 Task types (what kind of problem, and everything that follows from it) are one class each:
 :mod:`~sparse_dist.tasks.classification`, :mod:`~sparse_dist.tasks.regression`,
-:mod:`~sparse_dist.tasks.generation`, on the interface of :mod:`~sparse_dist.tasks.base`. Tasks are
-declared in their own modules (:mod:`~sparse_dist.tasks.glue`, :mod:`~sparse_dist.tasks.webnlg`): every
+:mod:`~sparse_dist.tasks.generation`, :mod:`~sparse_dist.tasks.token_classification`, on the interface
+of :mod:`~sparse_dist.tasks.base`. Tasks are declared in their own modules (:mod:`~sparse_dist.tasks.glue`,
+:mod:`~sparse_dist.tasks.webnlg`, :mod:`~sparse_dist.tasks.conll2003`): every
 module of this package with a module-level ``TASKS`` dict is found here, so a new task is one new file.
 Nothing here imports torch, transformers or datasets, so the config can check ``data.task`` cheaply.
 """
