@@ -26,10 +26,10 @@ def test_method_rules_are_class_attributes():
 
 
 def test_one_registry_of_tasks_each_with_a_type():
-    assert list(TASKS) == ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli", "webnlg"]
+    assert list(TASKS) == ["conll2003", "cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli", "webnlg"]
     assert all(isinstance(task.type, TaskType) and task.name == name for name, task in TASKS.items())
     assert {name: task.kind for name, task in TASKS.items() if task.kind != "classification"} == {
-        "stsb": "regression", "webnlg": "generation"}
+        "stsb": "regression", "webnlg": "generation", "conll2003": "token_classification"}
     assert TASKS["stsb"].num_labels == 1 and TASKS["mnli"].num_labels == 3
 
 
