@@ -442,6 +442,14 @@ def validate(config: RunConfig) -> None:
         config.model.head = "label_words" if freezes_weights else "classifier"
     _require(not (freezes_weights and config.model.head == "classifier"), "model.head",
              f"{config.pruning.method} keeps the pretrained head frozen and needs label_words", config.model.head)
+    task_type = TASKS[d.task].type
+    if not task_type.label_word_head:  # e.g. token classification: no word to read a tag at
+        _require(not freezes_weights, "pruning.method",
+                 f"task {d.task} ({task_type.name}) has no label words, and {config.pruning.method} trains only mask "
+                 "scores on frozen weights, so a new tag head would stay untrained; use magnitude, movement, "
+                 "soft_movement, platon or pins", config.pruning.method)
+        _require(config.model.head != "label_words", "model.head",
+                 f"task {d.task} ({task_type.name}) has no label words; use classifier", config.model.head)
     k = config.distill
     _require(k.alpha_ce >= 0 and k.alpha_kd >= 0, "distill.alpha_kd", "weights must be >= 0", (k.alpha_ce, k.alpha_kd))
     _require(k.temperature > 0, "distill.temperature", "must be > 0", k.temperature)

@@ -1,12 +1,11 @@
 """Distributed evaluation on disjoint shards of the dev sets, reduced exactly.
 
 Every rank predicts its shard (see :func:`~sparse_dist.data.sampler.eval_shard`); the per-example
-predictions (a label id, a score or a generated sentence) are gathered on all ranks and put back in
-dataset order, and the metric is computed on the complete list, so the result is the same number a
-single process would get. The task type scores the whole list (extractive QA: one prediction per window,
-reduced to one answer per question only now, when every window of every question is in). Under ZeRO-3
-every forward pass and every generation step is collective: all ranks run the same number of batches, and
-generation runs with ``synced_gpus``.
+predictions (a label id, a score, a generated sentence or a sentence's tags) are gathered on all ranks and
+put back in dataset order, and the task's type scores the complete list, so the result is the same number
+a single process would get (extractive QA: one prediction per window, reduced to one answer per question
+only now, when every window of every question is in). Under ZeRO-3 every forward pass and every generation
+step is collective: all ranks run the same number of batches, and generation runs with ``synced_gpus``.
 """
 
 from __future__ import annotations

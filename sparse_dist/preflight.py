@@ -3,14 +3,16 @@
 :func:`check_run` is what ``launch/train.py --check`` runs, and what every start runs before it joins a
 process group: each problem it can see is a :class:`ConfigError` of one line naming the key, exit status
 2, instead of a traceback from every rank minutes later. It reads configs, tokenizers, file headers and
-checkpoint manifests, never weights or whole datasets:
+checkpoint manifests, never weights or whole datasets but CoNLL-2003's (under a second):
 
 - a precision this machine lacks (``training.precision``);
 - a model or teacher that cannot be found (offline and not cached), or cannot serve the task: an encoder
-  for a generation task, a classifier fine-tuned on other classes or other labels, label words that are
-  not single tokens, a teacher of another kind or vocabulary than the student (``model.name_or_path``,
-  ``model.head``, ``distill.teacher``), inputs longer than an encoder reads (``data.max_seq_length``);
-- local data that is missing while the hub is offline, or lacks a file or a column (``data.local_dir``);
+  for a generation task or a text-to-text model for NER, a classifier fine-tuned on other classes or other
+  labels, label words that are not single tokens, a teacher of another kind or vocabulary than the student
+  (``model.name_or_path``, ``model.head``, ``distill.teacher``), inputs longer than an encoder reads
+  (``data.max_seq_length``);
+- local data that is missing while the hub is offline, or lacks a file or a column, or (CoNLL-2003, whose
+  files are small enough to read whole) has a malformed line or an unknown tag (``data.local_dir``);
 - a run directory whose checkpoints belong to another run, are past ``training.max_steps``, or would be
   mixed with a fresh start (:func:`sparse_dist.checkpoint.check_run_dir`).
 """

@@ -54,7 +54,7 @@ def test_grad_accum_steps_derived_from_world_size():
     (["zero.offload_params=true", "zero.stage=2"], 1, "zero.offload_params: needs zero.stage = 3, got True"),
     (["zero.offload_optimizer=yes-please"], 1, "zero.offload_optimizer: must be true or false"),
     (["training.precision=fp16"], 1, "training.precision: must be one of 'auto', 'fp32', 'bf16', got 'fp16'"),
-    (["data.task=imdb"], 1, "data.task: must be one of cola, sst2"),
+    (["data.task=imdb"], 1, "data.task: must be one of conll2003, cola, sst2"),
     (["optimizer.betas=[0.9]"], 1, "optimizer.betas: must be a list of 2 values"),
     (["optimizer.warmup_steps=20", "training.max_steps=10"], 1, "optimizer.warmup_steps: must be in [0, "
                                                                 "training.max_steps], got 20"),

@@ -56,7 +56,7 @@ def test_webnlg_hub_schema_maps_to_canonical_columns():
 
 def test_hub_schema_of_every_glue_task_maps_to_canonical_columns():
     for name, task in TASKS.items():
-        if task.reader != "table":  # WebNLG, SQuAD: their own readers
+        if task.reader != "table":  # WebNLG, SQuAD and CoNLL-2003 have readers of their own
             continue
         label = 0.4 if task.kind == "regression" else 1
         row = {column: (label if key == "label" else f"{key} text") for key, column in task.hub_columns.items()}

@@ -26,11 +26,12 @@ def test_method_rules_are_class_attributes():
 
 
 def test_one_registry_of_tasks_each_with_a_type():
-    assert list(TASKS) == ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli", "squad",
-                          "webnlg"]
+    assert list(TASKS) == ["conll2003", "cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli",
+                          "squad", "webnlg"]
     assert all(isinstance(task.type, TaskType) and task.name == name for name, task in TASKS.items())
     assert {name: task.kind for name, task in TASKS.items() if task.kind != "classification"} == {
-        "stsb": "regression", "webnlg": "generation", "squad": "extractive_qa"}
+        "stsb": "regression", "webnlg": "generation", "squad": "extractive_qa",
+        "conll2003": "token_classification"}
     assert TASKS["stsb"].num_labels == 1 and TASKS["mnli"].num_labels == 3 and TASKS["squad"].num_labels == 2
 
 

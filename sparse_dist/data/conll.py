@@ -22,11 +22,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
-from seqeval.metrics.sequence_labeling import accuracy_score, precision_recall_fscore_support
+if TYPE_CHECKING:
+    import datasets
 
-from sparse_dist.data.load import DataError
+# datasets and seqeval are imported where they are used: the task registry imports the labels below, and the
+# config imports the registry without the heavy libraries.
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,10 @@ def read_conll2003(path: str | Path, limit: int | None = None) -> datasets.Datas
     one): the file is missing or not UTF-8, a line does not have exactly 4 whitespace-separated columns, an NER
     tag is not in :data:`CONLL2003_LABELS`, or the file holds no sentence. ValueError if ``limit`` < 1.
     """
+    import datasets
+
+    from sparse_dist.data.load import DataError
+
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of sentences, got {limit}")
     path = Path(path)
@@ -131,6 +137,8 @@ def compute_ner_metrics(predictions: Sequence[Sequence[str]], gold: Sequence[Seq
 
     Raises ValueError if the numbers of sentences, or of words in a sentence, differ.
     """
+    from seqeval.metrics.sequence_labeling import accuracy_score, precision_recall_fscore_support
+
     if len(predictions) != len(gold):
         raise ValueError(f"{len(predictions)} predicted sentences for {len(gold)} gold sentences")
     for i, (p, g) in enumerate(zip(predictions, gold)):

@@ -2,9 +2,10 @@
 
 Task types (what kind of problem, and everything that follows from it) are one class each:
 :mod:`~sparse_dist.tasks.classification`, :mod:`~sparse_dist.tasks.regression`,
-:mod:`~sparse_dist.tasks.generation`, :mod:`~sparse_dist.tasks.extractive_qa`, on the interface of
-:mod:`~sparse_dist.tasks.base`. Tasks are declared in their own modules (:mod:`~sparse_dist.tasks.glue`,
-:mod:`~sparse_dist.tasks.webnlg`, :mod:`~sparse_dist.tasks.squad`): every module of this package with a
+:mod:`~sparse_dist.tasks.generation`, :mod:`~sparse_dist.tasks.token_classification`,
+:mod:`~sparse_dist.tasks.extractive_qa`, on the interface of :mod:`~sparse_dist.tasks.base`. Tasks are
+declared in their own modules (:mod:`~sparse_dist.tasks.glue`, :mod:`~sparse_dist.tasks.webnlg`,
+:mod:`~sparse_dist.tasks.conll2003`, :mod:`~sparse_dist.tasks.squad`): every module of this package with a
 module-level ``TASKS`` dict is found here, so a new task is one new file.
 Nothing here imports torch, transformers or datasets, so the config can check ``data.task`` cheaply.
 """

@@ -43,6 +43,8 @@ class TaskType:
     """The encoder head's ``problem_type`` in the transformers config (which loss it computes)."""
     regression = False
     """Whether outputs are scores: MSE in the label-word head and in distillation, not distributions."""
+    label_word_head = True
+    """Whether an encoder can serve it with SMP's label-word head (a masked-LM read at the first token)."""
 
     # --- data ---------------------------------------------------------------------------------------
 
