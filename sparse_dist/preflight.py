@@ -8,8 +8,9 @@ checkpoint manifests, never weights or whole datasets:
 - a precision this machine lacks (``training.precision``);
 - a model or teacher that cannot be found (offline and not cached), or cannot serve the task: an encoder
   for a generation task, a classifier fine-tuned on other classes or other labels, label words that are
-  not single tokens, a teacher of another kind or vocabulary than the student (``model.name_or_path``,
-  ``model.head``, ``distill.teacher``), inputs longer than an encoder reads (``data.max_seq_length``);
+  not single tokens, a label-word calibration asked of a text-to-text model, a teacher of another kind or
+  vocabulary than the student (``model.name_or_path``, ``model.head``, ``model.calibrate_label_words``,
+  ``distill.teacher``), inputs longer than an encoder reads (``data.max_seq_length``);
 - local data that is missing while the hub is offline, or lacks a file or a column (``data.local_dir``);
 - a run directory whose checkpoints belong to another run, are past ``training.max_steps``, or would be
   mixed with a fresh start (:func:`sparse_dist.checkpoint.check_run_dir`).
@@ -46,6 +47,9 @@ def check_run(config: RunConfig) -> None:
     model = config.model
     student = load_checkpoint_config(model.name_or_path)
     check_model_for_task(student, task, model.name_or_path, model.head)
+    if model.calibrate_label_words and model_kind(student) != "encoder":
+        raise ConfigError(f"model.calibrate_label_words: {model.name_or_path} is a text-to-text model, which scores "
+                          "label words as generated text; the calibration is for encoders' label-word head")
     if model_kind(student) == "encoder":
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(model.name_or_path))
         limit = tokenizer.model_max_length  # absolute positions: longer inputs fail at their first batch

@@ -54,6 +54,8 @@ class TaskSpec:
     label_words: tuple[str, ...] = ()
     """Words whose masked-LM logits at the first token serve as class logits (SMP's frozen head), in
     label-id order; a regression task uses the logit of its one word."""
+    score_range: tuple[float, float] | None = None
+    """Regression: the lowest and highest score a label can take (STS-B: 0 to 5)."""
     local: LocalLayout | None = None
     train_split: str = "train"
 
@@ -73,10 +75,12 @@ class TaskSpec:
 
 def _glue(name: str, *, kind: Kind = "classification", columns: dict[str, str], labels: tuple[str, ...] = (),
           metrics: tuple[str, ...] = ("accuracy",), primary: str = "accuracy", text_fields: tuple[str, ...],
-          local: LocalLayout, dev_splits: tuple[str, ...] = ("validation",), words: tuple[str, ...]) -> TaskSpec:
+          local: LocalLayout, dev_splits: tuple[str, ...] = ("validation",), words: tuple[str, ...],
+          score_range: tuple[float, float] | None = None) -> TaskSpec:
     return TaskSpec(name=name, kind=kind, hub_path="nyu-mll/glue", hub_name=name, hub_columns=columns,
                     label_names=labels, dev_splits=dev_splits, metrics=metrics, primary_metric=primary,
-                    text_prefix=name, text_fields=text_fields, local=local, label_words=words)
+                    text_prefix=name, text_fields=text_fields, local=local, label_words=words,
+                    score_range=score_range)
 
 
 def _tsv(directory: str, columns: dict[str, str], dev: dict[str, str] | None = None, **kwargs) -> LocalLayout:
@@ -113,7 +117,7 @@ TASKS: dict[str, TaskSpec] = {
         "stsb", kind="regression", columns=_PAIR, metrics=("pearson", "spearman"), primary="pearson",
         text_fields=("sentence1", "sentence2"),
         local=_tsv("STS-B", {"text_a": "sentence1", "text_b": "sentence2", "label": "score"}),
-        words=("Yes",)),
+        words=("Yes",), score_range=(0.0, 5.0)),
     "mnli": _glue(
         "mnli", columns={"text_a": "premise", "text_b": "hypothesis", "label": "label"},
         labels=("entailment", "neutral", "contradiction"), text_fields=("premise", "hypothesis"),

@@ -33,7 +33,12 @@ from sparse_dist.config import ConfigError, ModelConfig
 from sparse_dist.data.encode import ModelKind
 from sparse_dist.data.tasks import TaskSpec
 from sparse_dist.models.label_order import apply_label_order, checkpoint_labels, compute_label_order
-from sparse_dist.models.label_words import build_label_word_classifier
+from sparse_dist.models.label_words import (
+    build_label_word_classifier,
+    resolve_calibration,
+    untrained_head_warning,
+    untrained_head_weights,
+)
 from sparse_dist.models.tiny import tiny_checkpoint, tiny_model_names
 
 log = logging.getLogger(__name__)
@@ -61,6 +66,8 @@ class BuiltModel:
     """The transformers model whose weights are trained or pruned (what an export writes)."""
     new_weights: tuple[str, ...] = ()
     """Names of the weights initialised here because the checkpoint lacked them."""
+    warnings: tuple[str, ...] = ()
+    """What the run should say loudly, at its start and in its summary (a label-word head not pretrained)."""
 
 
 def resolve_model_source(name_or_path: str) -> str:
@@ -148,6 +155,9 @@ def build_model(model_cfg: ModelConfig, task: TaskSpec, deepspeed_config: dict[s
     unset_hf_deepspeed_config()
     integration = HfDeepSpeedConfig(deepspeed_config) if deepspeed_config["zero_optimization"]["stage"] == 3 else None
     label_words = kind == "encoder" and model_cfg.head == "label_words"
+    if kind != "encoder" and model_cfg.calibrate_label_words:
+        raise ConfigError(f"model.calibrate_label_words: {model_cfg.name_or_path} is a text-to-text model, which "
+                          "scores label words as generated text; the calibration is for encoders' label-word head")
     if kind == "seq2seq":
         model_class = AutoModelForSeq2SeqLM
     else:
@@ -158,13 +168,17 @@ def build_model(model_cfg: ModelConfig, task: TaskSpec, deepspeed_config: dict[s
         missing = tuple(sorted(info.get("missing_keys", ())))
         if label_order is not None:
             apply_label_order(pretrained, label_order)
-        model = build_label_word_classifier(pretrained, tokenizer, task) if label_words else pretrained
+        untrained = untrained_head_weights(pretrained, missing) if model_cfg.head == "label_words" else ()
+        calibrate = label_words and resolve_calibration(model_cfg.calibrate_label_words, task, untrained)
+        model = (build_label_word_classifier(pretrained, tokenizer, task, calibrate) if label_words
+                 else pretrained)
     if missing:
         log.info("newly initialised (not in the checkpoint): %s", ", ".join(missing))
+    warnings = (untrained_head_warning(model_cfg.name_or_path, untrained, task, calibrate),) if untrained else ()
     if model_cfg.gradient_checkpointing:
         pretrained.gradient_checkpointing_enable()
     return BuiltModel(model=model, tokenizer=tokenizer, kind=kind, source=source, zero3_integration=integration,
-                      pretrained=pretrained, new_weights=missing)
+                      pretrained=pretrained, new_weights=missing, warnings=warnings)
 
 
 @contextlib.contextmanager

@@ -18,6 +18,13 @@ has its rows remapped by label name (:mod:`sparse_dist.models.label_order`).
 Where a checkpoint has no pretrained MLM transform (sentence-transformers models such as
 all-MiniLM-L6-v2 ship the encoder only), transformers initialises one; it is kept frozen like the rest,
 from the run's seed, and the export writes it out, so an exported model scores exactly as in training.
+Such a run is warned about (:func:`untrained_head_weights`, from what ``from_pretrained`` reports
+missing): the label-word logits are then a random projection of the encoder's output. For
+classification a mask can still make the right word win; on a regression task no mask can move a
+random logit onto the score scale (SMP-S on STS-B-style data stays at chance). ``model.calibrate_label_words``
+adds two learned scalars, ``logit' = scale x logit + offset`` (:class:`LabelWordCalibration`), trained
+with the mask scores; on by default for regression with an untrained head. This departs from the SMP
+paper, whose head is entirely frozen. The export folds them into the LM head (:func:`fold_calibration`).
 """
 
 from __future__ import annotations
@@ -31,7 +38,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from sparse_dist.data.tasks import TaskSpec
-from sparse_dist.distributed.gather import is_partitioned
+from sparse_dist.distributed.gather import is_partitioned, iter_full_parameters
+from sparse_dist.pruning.masked_linear import TRAINS_WITH_SCORES
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +65,8 @@ def _needs_space(tokenizer: PreTrainedTokenizerBase) -> bool:
 class LabelWordClassifier(torch.nn.Module):
     """Encoder + masked-LM transform + the label words' decoder rows, as a sequence classifier."""
 
-    def __init__(self, mlm: PreTrainedModel, word_ids: list[int], regression: bool):
+    def __init__(self, mlm: PreTrainedModel, word_ids: list[int], regression: bool,
+                 calibration_offset: float | None = None):
         super().__init__()
         self.config = mlm.config
         self.base_model_prefix = mlm.base_model_prefix
@@ -80,6 +89,11 @@ class LabelWordClassifier(torch.nn.Module):
                 self.label_head.bias.copy_(row_bias)
         self.word_ids = list(word_ids)
         self.regression = regression
+        self.calibration = None
+        """:class:`LabelWordCalibration` when ``calibration_offset`` is given (its initial offset), else None."""
+        if calibration_offset is not None:
+            with deepspeed.zero.Init(config_dict_or_path=_zero3_config()) if partitioned else contextlib.nullcontext():
+                self.calibration = LabelWordCalibration(calibration_offset)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kwargs):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
@@ -87,6 +101,8 @@ class LabelWordClassifier(torch.nn.Module):
             inputs["token_type_ids"] = token_type_ids
         hidden = self.encoder(**inputs).last_hidden_state[:, 0]
         logits = self.label_head(self.transform(hidden))
+        if self.calibration is not None:
+            logits = self.calibration(logits)
         loss = None
         if labels is not None:
             if self.regression:
@@ -94,6 +110,30 @@ class LabelWordClassifier(torch.nn.Module):
             else:
                 loss = torch.nn.functional.cross_entropy(logits.float(), labels)
         return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+class LabelWordCalibration(torch.nn.Module):
+    """``logit' = scale x logit + offset``: two scalars, trained with the mask scores (same optimizer group and
+    learning rate, ``pruning.score_lr``), also when SMP freezes everything else.
+
+    Initialised to scale 1 and the given offset: the middle of a regression task's score range (STS-B: 2.5),
+    0 otherwise. An untrained head's logit sits near 0 with a spread of about 1 (measured on all-MiniLM-L6-v2:
+    mean -0.1, standard deviation 0.7), so scale 1 keeps that spread, and Adam moves a scalar by about one
+    learning rate per step (2e-2 in SMP): from 0 the offset would need most of a 300-step run to reach the
+    scores' mean, during which the mask would be trained to shift every prediction rather than to rank them.
+    For classification offset 0 and scale 1 change nothing at the start (an offset common to all classes
+    never changes a softmax; the scale acts as a temperature).
+    """
+
+    def __init__(self, offset: float):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(1))
+        self.offset = torch.nn.Parameter(torch.full((1,), float(offset)))
+        for param in (self.scale, self.offset):
+            setattr(param, TRAINS_WITH_SCORES, True)
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits * self.scale.to(logits.dtype) + self.offset.to(logits.dtype)
 
 
 class _RobertaTransform(torch.nn.Module):
@@ -114,10 +154,84 @@ def _zero3_config():
     return deepspeed_config()
 
 
-def build_label_word_classifier(mlm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                                task: TaskSpec) -> LabelWordClassifier:
+def build_label_word_classifier(mlm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: TaskSpec,
+                                calibrate: bool = False) -> LabelWordClassifier:
     if not task.label_words:
         raise ValueError(f"task {task.name} has no label words; SMP's label-word head needs them")
     ids = label_word_ids(tokenizer, task.label_words)
     log.info("label-word head: %s -> token ids %s", ", ".join(task.label_words), ids)
-    return LabelWordClassifier(mlm, ids, regression=task.kind == "regression")
+    offset = None
+    if calibrate:
+        offset = sum(task.score_range) / 2 if task.kind == "regression" and task.score_range else 0.0
+        log.info("label-word calibration: logit' = scale x logit + offset, trained with the scores, from scale 1, "
+                 "offset %g", offset)
+    return LabelWordClassifier(mlm, ids, regression=task.kind == "regression", calibration_offset=offset)
+
+
+# --- an untrained head: finding it, and what to do about it --------------------------------------------------
+
+
+def untrained_head_weights(lm: PreTrainedModel, missing_keys) -> tuple[str, ...]:
+    """The weights of ``lm``'s language-model head (an encoder's masked-LM head, T5's LM head) among the
+    ``missing_keys`` that ``from_pretrained(..., output_loading_info=True)`` reports: initialised here, not
+    pretrained. The head is the top-level module holding the output embeddings, whatever the family calls it."""
+    output = lm.get_output_embeddings()
+    if output is None:
+        return ()
+    head = next((name for name, child in lm.named_children() if any(m is output for m in child.modules())), None)
+    if head is None:  # the model is its own head
+        return tuple(sorted(missing_keys))
+    return tuple(sorted(key for key in missing_keys if key.startswith(f"{head}.")))
+
+
+def untrained_head_warning(name: str, untrained: tuple[str, ...], task: TaskSpec, calibrated: bool) -> str:
+    """The warning for a label-word head that the checkpoint ``name`` does not carry (one line)."""
+    shown = ", ".join(untrained[:3]) + (f" and {len(untrained) - 3} more" if len(untrained) > 3 else "")
+    what = (f"model.head=label_words: {name} has no pretrained LM head ({shown} newly initialised from job.seed), "
+            "so the label-word logits are a random projection")
+    if task.kind != "regression":
+        return f"{what}; with the head frozen (SMP) only the mask can make the right word win"
+    if calibrated:
+        return f"{what}; model.calibrate_label_words learns a scale and offset onto the {task.name} scores"
+    return (f"{what}; with the head frozen (SMP) a mask alone cannot put it on the {task.name} score scale and the "
+            "run stays near chance (model.calibrate_label_words, for encoders, learns a scale and offset)")
+
+
+def resolve_calibration(setting: bool | None, task: TaskSpec, untrained: tuple[str, ...]) -> bool:
+    """``model.calibrate_label_words``: true or false as given; null is on for a regression task whose head
+    the checkpoint does not carry, off otherwise."""
+    if setting is not None:
+        return setting
+    return task.kind == "regression" and bool(untrained)
+
+
+def calibration_values(model: torch.nn.Module) -> dict[str, float] | None:
+    """The learned ``scale`` and ``offset`` of a label-word model's calibration (None without one). All ranks
+    call (the scalars are gathered under ZeRO-3)."""
+    calibration = getattr(model, "calibration", None)
+    if calibration is None:
+        return None
+    return {name: float(value) for name, value in iter_full_parameters(calibration)}
+
+
+def fold_calibration(lm: PreTrainedModel, tensors: dict[str, torch.Tensor], word_ids: list[int], scale: float,
+                     offset: float) -> None:
+    """Fold ``logit' = scale x logit + offset`` into the masked-LM head of ``lm``, in ``tensors`` (a state dict of
+    ``lm``, or its parameters; changed in place), so that the plain model's logits at ``word_ids`` are the
+    calibrated ones. The head is ``logit = w . (gamma n + beta) + b`` (n the normalised transform output,
+    w the tied word embeddings, so left alone): scaling the final LayerNorm's gamma and beta and the decoder
+    bias by ``scale`` scales every logit, and ``offset`` goes onto the label words' biases."""
+    head = lm.cls.predictions if hasattr(lm, "cls") else lm.lm_head
+    norm = head.transform.LayerNorm if hasattr(head, "transform") else head.layer_norm
+    names = {}
+    for name, param in lm.named_parameters(remove_duplicate=False):
+        for role, target in (("gamma", norm.weight), ("beta", norm.bias), ("bias", head.bias)):
+            if param is target and name in tensors and role not in names:
+                names[role] = name
+    if sorted(names) != ["beta", "bias", "gamma"]:
+        raise ValueError(f"cannot fold the label-word calibration: the head's parameters are not all in the state "
+                         f"({sorted(names)})")
+    with torch.no_grad():
+        for role in ("gamma", "beta", "bias"):
+            tensors[names[role]].mul_(scale)
+        tensors[names["bias"]][word_ids] += offset
