@@ -117,10 +117,11 @@ class LabelWordCalibration(torch.nn.Module):
     learning rate, ``pruning.score_lr``), also when SMP freezes everything else.
 
     Initialised to scale 1 and the given offset: the middle of a regression task's score range (STS-B: 2.5),
-    0 otherwise. An untrained head's logit sits near 0 with a spread of about 1 (measured on all-MiniLM-L6-v2:
-    mean -0.1, standard deviation 0.7), so scale 1 keeps that spread, and Adam moves a scalar by about one
-    learning rate per step (2e-2 in SMP): from 0 the offset would need most of a 300-step run to reach the
-    scores' mean, during which the mask would be trained to shift every prediction rather than to rank them.
+    0 otherwise. An untrained head's logit sits near 0 with a spread of about 1 (all-MiniLM-L6-v2 on 256
+    MRPC pairs: mean -0.1, standard deviation 0.7), so scale 1 keeps that spread. The offset must start near
+    the scores: Adam moves a scalar by at most about one learning rate per step, so SMP's 2e-2, decayed
+    linearly over 300 steps, moves it by 3 in the whole run, short of a mean score of 3.6 (MRPC scored 0/5),
+    and until it gets there the loss trains the mask to raise every prediction rather than to rank them.
     For classification offset 0 and scale 1 change nothing at the start (an offset common to all classes
     never changes a softmax; the scale acts as a temperature).
     """
