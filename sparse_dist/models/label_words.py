@@ -19,12 +19,13 @@ Where a checkpoint has no pretrained MLM transform (sentence-transformers models
 all-MiniLM-L6-v2 ship the encoder only), transformers initialises one; it is kept frozen like the rest,
 from the run's seed, and the export writes it out, so an exported model scores exactly as in training.
 Such a run is warned about (:func:`untrained_head_weights`, from what ``from_pretrained`` reports
-missing): the label-word logits are then a random projection of the encoder's output. For
-classification a mask can still make the right word win; on a regression task no mask can move a
-random logit onto the score scale (SMP-S on STS-B-style data stays at chance). ``model.calibrate_label_words``
-adds two learned scalars, ``logit' = scale x logit + offset`` (:class:`LabelWordCalibration`), trained
-with the mask scores; on by default for regression with an untrained head. This departs from the SMP
-paper, whose head is entirely frozen. The export folds them into the LM head (:func:`fold_calibration`).
+missing): the label-word logits are then a random projection of the encoder's output, which the mask
+alone must both move onto a regression task's score scale and make rank the examples.
+``model.calibrate_label_words`` adds two learned scalars, ``logit' = scale x logit + offset``
+(:class:`LabelWordCalibration`), trained with the mask scores; on by default for regression with an
+untrained head. This departs from the SMP paper, whose head is entirely frozen. The export folds them
+into the LM head (:func:`fold_calibration`). Measured (``benchmarks/smp_regression.py``: MRPC pairs
+scored 0/5, SMP-S at 10% remaining) it did not help: dev Pearson 0.29 without, 0.21 with (the README).
 """
 
 from __future__ import annotations
@@ -123,7 +124,10 @@ class LabelWordCalibration(torch.nn.Module):
     linearly over 300 steps, moves it by 3 in the whole run, short of a mean score of 3.6 (MRPC scored 0/5),
     and until it gets there the loss trains the mask to raise every prediction rather than to rank them.
     For classification offset 0 and scale 1 change nothing at the start (an offset common to all classes
-    never changes a softmax; the scale acts as a temperature).
+    never changes a softmax; the scale acts as a temperature). What it cannot do is find a ranking: while
+    the logit does not yet follow the scores the best scale for the loss is near 0, and it goes there (0.22
+    after 300 steps in the benchmark), and with it the task's share of the mask's gradient against the
+    regulariser (a likely reason it did not help there; not measured apart).
     """
 
     def __init__(self, offset: float):
@@ -194,8 +198,8 @@ def untrained_head_warning(name: str, untrained: tuple[str, ...], task: TaskSpec
         return f"{what}; with the head frozen (SMP) only the mask can make the right word win"
     if calibrated:
         return f"{what}; model.calibrate_label_words learns a scale and offset onto the {task.name} scores"
-    return (f"{what}; with the head frozen (SMP) a mask alone cannot put it on the {task.name} score scale and the "
-            "run stays near chance (model.calibrate_label_words, for encoders, learns a scale and offset)")
+    return (f"{what}; with the head frozen (SMP) the mask alone must put it on the {task.name} score scale "
+            "(model.calibrate_label_words, for encoders, learns a scale and offset)")
 
 
 def resolve_calibration(setting: bool | None, task: TaskSpec, untrained: tuple[str, ...]) -> bool:
