@@ -116,6 +116,17 @@ class MaskedLinear(torch.nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, mode={self.mode}"
 
 
+TRAINS_WITH_SCORES = "trains_with_scores"
+"""Attribute that marks a parameter which is not a mask score but trains like one (SMP's label-word calibration)."""
+
+
+def trains_with_scores(name: str, param: torch.nn.Parameter) -> bool:
+    """Whether a parameter trains as the mask scores do: in their optimizer group (``pruning.score_lr``), and
+    still trainable when a method freezes the weights. The layers' ``scores``, and parameters marked with
+    :data:`TRAINS_WITH_SCORES`."""
+    return name.endswith(".scores") or getattr(param, TRAINS_WITH_SCORES, False)
+
+
 def _logit(p: float) -> float:
     """sigmoid(s) > p  <=>  s > logit(p); logit(0) = -inf keeps everything."""
     if p <= 0.0:
