@@ -90,12 +90,16 @@ def candidates(directory: Path) -> list[Path]:
     return list(reversed(complete))
 
 
-def run_signature(config: RunConfig, precision: str, sites: list[str] | None = None) -> dict[str, Any]:
+def run_signature(config: RunConfig, precision: str, sites: list[str] | None = None,
+                  calibrated: bool | None = None) -> dict[str, Any]:
     """What a checkpoint of this run holds, keyed by the config keys that decide it: the model and its
     head, the task, the ZeRO stage and precision (the layout of DeepSpeed's state), the pruning method and
     what it prunes (scores, statistics and masks), the self-regularization teacher. ``sites``, the names
-    and shapes the pruning state is laid out over, is added once the model is built. Not in it: anything
-    a continued run may change (steps, learning rates, schedules, evaluation, the world size under ZeRO-0).
+    and shapes the pruning state is laid out over, and ``calibrated``, whether the label-word head has its
+    two calibration scalars, are added once the model is built; before that ``model.calibrate_label_words``
+    stands for it. Only a calibrated head is recorded (null and false are both off, and a checkpoint from
+    before the option has none), so every uncalibrated run keeps its signature. Not in it: anything a continued
+    run may change (steps, learning rates, schedules, evaluation, the world size under ZeRO-0).
     """
     signature: dict[str, Any] = {
         "model.name_or_path": config.model.name_or_path, "model.head": config.model.head,
@@ -104,6 +108,9 @@ def run_signature(config: RunConfig, precision: str, sites: list[str] | None = N
     if config.pruning.method != "none":
         signature["pruning.scope"] = config.pruning.scope
         signature["pruning.include_biases"] = config.pruning.include_biases
+    calibrate = config.model.calibrate_label_words if calibrated is None else calibrated
+    if config.model.head == "label_words" and calibrate:
+        signature["model.calibrate_label_words"] = True
     if sites is not None:
         signature["pruning sites"] = hashlib.sha256("\n".join(sites).encode()).hexdigest()[:16]
     return signature

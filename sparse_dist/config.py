@@ -58,6 +58,9 @@ class ModelConfig:
     head: Literal["auto", "classifier", "label_words"] = "auto"
     """Encoder head: a new classifier, or the frozen masked-LM head read at the first token and restricted to
     the task's label words (auto: label_words for SMP, classifier otherwise; T5 always uses its LM head)."""
+    calibrate_label_words: bool | None = None
+    """label_words only: learn logit' = scale x logit + offset at pruning.score_lr (true); null or false: off.
+    Not in the SMP paper, and it did not help in the one measurement (README)."""
 
 
 @dataclass
@@ -450,6 +453,9 @@ def validate(config: RunConfig) -> None:
                  "soft_movement, platon or pins", config.pruning.method)
         _require(config.model.head != "label_words", "model.head",
                  f"task {d.task} ({task_type.name}) has no label words; use classifier", config.model.head)
+    _require(config.model.calibrate_label_words is None or config.model.head == "label_words",
+             "model.calibrate_label_words", f"calibrates the label-word head only, and model.head is "
+             f"{config.model.head!r}; leave it unset", config.model.calibrate_label_words)
     k = config.distill
     _require(k.alpha_ce >= 0 and k.alpha_kd >= 0, "distill.alpha_kd", "weights must be >= 0", (k.alpha_ce, k.alpha_kd))
     _require(k.temperature > 0, "distill.temperature", "must be > 0", k.temperature)

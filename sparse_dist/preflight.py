@@ -8,8 +8,9 @@ checkpoint manifests, never weights or whole datasets but CoNLL-2003's (under a 
 - a precision this machine lacks (``training.precision``);
 - a model or teacher that cannot be found (offline and not cached), or cannot serve the task: an encoder
   for a generation task or a text-to-text model for NER, a classifier fine-tuned on other classes or other
-  labels, label words that are not single tokens, a teacher of another kind or vocabulary than the student
-  (``model.name_or_path``, ``model.head``, ``distill.teacher``), inputs longer than an encoder reads
+  labels, label words that are not single tokens, a label-word calibration asked of a family without a
+  masked-LM head (T5), a teacher of another kind or vocabulary than the student (``model.name_or_path``,
+  ``model.head``, ``model.calibrate_label_words``, ``distill.teacher``), inputs longer than an encoder reads
   (``data.max_seq_length``);
 - local data that is missing while the hub is offline, or lacks a file or a column, or (CoNLL-2003, whose
   files are small enough to read whole) has a malformed line or an unknown tag (``data.local_dir``);
@@ -40,7 +41,7 @@ def check_run(config: RunConfig) -> None:
         teacher_head,
     )
     from sparse_dist.models.families import get_family
-    from sparse_dist.models.label_words import label_word_ids
+    from sparse_dist.models.label_words import check_calibration, label_word_ids
 
     task = get_task(config.data.task)
     signature = config_signature(config)
@@ -49,6 +50,7 @@ def check_run(config: RunConfig) -> None:
     student = load_checkpoint_config(model.name_or_path)
     check_model_for_task(student, task, model.name_or_path, model.head)
     family = get_family(student.model_type)
+    check_calibration(family, model.calibrate_label_words, model.name_or_path)
     reads_label_words = family.label_words and model.head == "label_words"
     if family.absolute_positions or reads_label_words:
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(model.name_or_path))

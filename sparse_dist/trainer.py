@@ -46,6 +46,7 @@ from sparse_dist.observe import build_metrics_logger, build_progress_bar, log_re
 from sparse_dist.preemption import StopRequest
 from sparse_dist.pruning.build import build_pruner
 from sparse_dist.pruning.export import export_mask_artifact, export_pruned_model
+from sparse_dist.pruning.masked_linear import trains_with_scores
 from sparse_dist.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -73,12 +74,13 @@ class TrainResult:
 
 
 def build_param_groups(model: torch.nn.Module, optimizer: OptimizerConfig, score_lr: float) -> list[dict[str, Any]]:
-    """AdamW groups: weight decay on matrices, none on biases and norms; mask scores at their own rate."""
+    """AdamW groups: weight decay on matrices, none on biases and norms; mask scores (and what trains with them,
+    :func:`~sparse_dist.pruning.masked_linear.trains_with_scores`) at their own rate."""
     decay, no_decay, scores = [], [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if name.endswith(".scores"):
+        if trains_with_scores(name, param):
             scores.append(param)
         else:
             (decay if len(full_shape(param)) >= 2 else no_decay).append(param)
@@ -112,11 +114,14 @@ class Trainer:
         self.built = build_model(config.model, self.task, self.ds_config, config.job.seed)
         self.pruner = build_pruner(config.pruning, self.built.pretrained, config.training.max_steps, self.comm)
         # Nothing is written into the run directory before its checkpoints are known to be this run's.
-        signature = run_signature(config, self.precision, [f"{s.name}{list(s.shape)}" for s in self.pruner.sites])
+        signature = run_signature(config, self.precision, [f"{s.name}{list(s.shape)}" for s in self.pruner.sites],
+                                  calibrated=getattr(self.built.model, "calibration", None) is not None)
         check_run_dir(self.run_dir / "checkpoints", signature, env.world_size, config.checkpoint.resume,
                       config.training.max_steps)
         if env.is_main:
             dump_config(config, self.run_dir / "config.yaml")
+            for warning in self.built.warnings:  # said again in the summary and recorded in COMPLETED
+                log.warning(warning)
         self.pruner.prepare(self.built.model)
         with main_process_first(env):
             self.task_data = build_task_data(config.data, self.task, self.built.tokenizer, self.built.kind)
@@ -239,7 +244,8 @@ class Trainer:
                      for step, metrics in self.result.evals]
             summary = {"steps": self.step, "max_steps": self.config.training.max_steps,
                        "signature": self.checkpointer.signature, "final": self.result.final_metrics,
-                       "best": self.result.best_metric, "sparsity": self.result.sparsity, "evals": evals}
+                       "best": self.result.best_metric, "sparsity": self.result.sparsity, "evals": evals,
+                       "warnings": list(self.built.warnings)}
             (self.run_dir / COMPLETED).write_text(json.dumps(summary, indent=1))
 
     def _withdraw_completion_marker(self) -> None:
@@ -346,7 +352,8 @@ class Trainer:
                  f"  dev (best {self.evaluator.primary_metric}): {self.result.best_metric:.4f}",
                  *([f"  sparsity: {self.result.sparsity['sparsity']:.2%} of prunable weights pruned "
                     f"({self.result.sparsity['remaining']:.2%} remaining)"] if self.result.sparsity else []),
-                 f"  wall time: {self.result.wall_time_s:.1f} s; outputs in {self.run_dir}"]
+                 f"  wall time: {self.result.wall_time_s:.1f} s; outputs in {self.run_dir}",
+                 *(f"  warning: {warning}" for warning in self.built.warnings)]
         print("\n".join(lines), flush=True)
 
     # --- persistence ------------------------------------------------------------------------------

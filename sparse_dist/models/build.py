@@ -33,7 +33,12 @@ from sparse_dist.config import ConfigError, ModelConfig
 from sparse_dist.data.encode import ModelKind
 from sparse_dist.models.families import ModelFamily, get_family
 from sparse_dist.models.label_order import apply_label_order, checkpoint_labels
-from sparse_dist.models.label_words import build_label_word_classifier
+from sparse_dist.models.label_words import (
+    build_label_word_classifier,
+    check_calibration,
+    untrained_head_warning,
+    untrained_head_weights,
+)
 from sparse_dist.models.tiny import tiny_checkpoint, tiny_model_names
 from sparse_dist.tasks import TaskSpec
 
@@ -59,6 +64,8 @@ class BuiltModel:
     """The transformers model whose weights are trained or pruned (what an export writes)."""
     new_weights: tuple[str, ...] = ()
     """Names of the weights initialised here because the checkpoint lacked them."""
+    warnings: tuple[str, ...] = ()
+    """What the run should say loudly, at its start and in its summary (a label-word head not pretrained)."""
 
     @property
     def kind(self) -> ModelKind:
@@ -137,6 +144,7 @@ def build_model(model_cfg: ModelConfig, task: TaskSpec, deepspeed_config: dict[s
     unset_hf_deepspeed_config()
     integration = HfDeepSpeedConfig(deepspeed_config) if deepspeed_config["zero_optimization"]["stage"] == 3 else None
     label_words = family.label_words and model_cfg.head == "label_words"
+    check_calibration(family, model_cfg.calibrate_label_words, model_cfg.name_or_path)
     model_class = task.type.model_class(kind, label_words)
     with torch.random.fork_rng(devices=[]), _quiet_transformers():
         torch.manual_seed(seed)
@@ -144,13 +152,17 @@ def build_model(model_cfg: ModelConfig, task: TaskSpec, deepspeed_config: dict[s
         missing = tuple(sorted(info.get("missing_keys", ())))
         if label_order is not None:
             apply_label_order(pretrained, label_order)
-        model = build_label_word_classifier(pretrained, tokenizer, task) if label_words else pretrained
+        untrained = untrained_head_weights(pretrained, missing, family) if model_cfg.head == "label_words" else ()
+        calibrate = label_words and bool(model_cfg.calibrate_label_words)  # null is off (README: it did not help)
+        model = (build_label_word_classifier(pretrained, tokenizer, task, calibrate) if label_words
+                 else pretrained)
     if missing:
         log.info("newly initialised (not in the checkpoint): %s", ", ".join(missing))
+    warnings = (untrained_head_warning(model_cfg.name_or_path, untrained, task, calibrate),) if untrained else ()
     if model_cfg.gradient_checkpointing:
         pretrained.gradient_checkpointing_enable()
     return BuiltModel(model=model, tokenizer=tokenizer, family=family, source=source, zero3_integration=integration,
-                      pretrained=pretrained, new_weights=missing)
+                      pretrained=pretrained, new_weights=missing, warnings=warnings)
 
 
 @contextlib.contextmanager

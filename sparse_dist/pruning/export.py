@@ -6,12 +6,15 @@ weights per matrix, type and layer); or, compact, the same weights in compressed
 format (:mod:`sparse_dist.pruning.compressed`). Parameters are gathered one at a time into host memory on rank 0,
 so a ZeRO-3 model is exported without any rank holding it whole in accelerator memory. A label-word
 model (SMP on an encoder) is written as the masked-LM model it wraps, with ``label_words.json``: the
-class logits are that model's logits at the first token for those token ids.
+class logits are that model's logits at the first token for those token ids. A learned label-word
+calibration (``model.calibrate_label_words``) is folded into that head's weights, so this holds as it is;
+its two values are recorded beside the ids, for information only.
 
 :func:`export_mask_artifact` writes what SMP actually learns: one bit per prunable weight
 (``mask.safetensors``, packed per matrix), the base model's name and a SHA-256 of its prunable
-weights. :func:`load_mask_artifact` rebuilds the pruned model from the base model and the mask, and
-refuses a base model whose weights do not match.
+weights, and the label-word calibration if the run learned one. :func:`load_mask_artifact` rebuilds the
+pruned model from the base model and the mask (folding the calibration into its head), and refuses a base
+model whose weights do not match.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from sparse_dist.distributed.bitmask import PackedMask
 from sparse_dist.distributed.comm import Communicator
 from sparse_dist.distributed.gather import iter_full_parameters
 from sparse_dist.distributed.masking import gather_full_mask
+from sparse_dist.models.label_words import calibration_values, fold_calibration
 from sparse_dist.pruning.compressed import save_compressed_model
 from sparse_dist.pruning.sites import Site
 
@@ -86,12 +90,15 @@ def export_pruned_model(built, pruner, directory: Path, comm: Communicator, is_m
             if name in weights:
                 tensor = tensor.reshape(-1).masked_fill(~masks[weights[name]], 0).view_as(tensor)
             state[name] = tensor
+    calibration = calibration_values(built.model)
     report = None
     if is_main:
         persistent = set(built.pretrained.state_dict().keys())
         for name, buffer in built.pretrained.named_buffers():
             if name in persistent:
                 state[name] = buffer.detach().to("cpu", copy=True)
+        if calibration is not None:  # before either format: the head is dense in both
+            fold_calibration(built.pretrained, state, built.model.word_ids, **calibration)
         report = sparsity_report(pruner.sites, masks) if pruner.sites else None
         if model_format == "compressed" and report is not None:
             save_compressed_model(built.pretrained, state, directory, [s.name for s in pruner.sites],
@@ -103,7 +110,8 @@ def export_pruned_model(built, pruner, directory: Path, comm: Communicator, is_m
         built.tokenizer.save_pretrained(directory)
         if hasattr(built.model, "word_ids"):
             (directory / "label_words.json").write_text(json.dumps(
-                {"label_word_ids": built.model.word_ids, "position": 0, "regression": built.model.regression}))
+                {"label_word_ids": built.model.word_ids, "position": 0, "regression": built.model.regression,
+                 "calibration_folded_in": calibration}))
         if report is not None:
             (directory / "sparsity.json").write_text(json.dumps(report, indent=1))
         log.info("pruned model written to %s (%s)", directory, model_format)
@@ -134,13 +142,14 @@ def export_mask_artifact(built, pruner, directory: Path, comm: Communicator, is_
     directory = Path(directory)
     masks = full_masks(pruner, comm)
     digest = prunable_weights_digest(built.pretrained, pruner.sites, keep=is_main)
+    calibration = calibration_values(built.model)
     if is_main:
         directory.mkdir(parents=True, exist_ok=True)
         save_file({name: PackedMask.pack(mask).bits.cpu() for name, mask in masks.items()},
                   str(directory / MASK_FILE))
         meta = {"base_model": base, "base_class": type(built.pretrained).__name__, "weights_sha256": digest,
                 "seed": seed, "sites": {s.name: {"shape": list(s.shape), "type": s.kind} for s in pruner.sites},
-                "label_word_ids": getattr(built.model, "word_ids", None),
+                "label_word_ids": getattr(built.model, "word_ids", None), "label_word_calibration": calibration,
                 "remaining": sparsity_report(pruner.sites, masks)["remaining"]}
         (directory / MASK_META).write_text(json.dumps(meta, indent=1))
         log.info("mask artifact (%d KiB) written to %s", (directory / MASK_FILE).stat().st_size // 1024, directory)
@@ -182,4 +191,7 @@ def load_mask_artifact(directory: str | Path, base: str | None = None) -> torch.
             weight = model.get_submodule(site.name).weight
             mask = PackedMask(packed[site.name], weight.numel()).unpack().view_as(weight)
             weight.masked_fill_(~mask, 0)
+        if meta.get("label_word_calibration"):
+            fold_calibration(model, dict(model.named_parameters()), meta["label_word_ids"],
+                             **meta["label_word_calibration"])
     return model

@@ -33,7 +33,7 @@ from sparse_dist.distributed.bitmask import PackedMask
 from sparse_dist.distributed.fragments import build_fragments
 from sparse_dist.distributed.gather import is_partitioned
 from sparse_dist.distributed.select import NO_TIES, Threshold
-from sparse_dist.pruning.masked_linear import MaskedLinear, _logit
+from sparse_dist.pruning.masked_linear import MaskedLinear, _logit, trains_with_scores
 from sparse_dist.pruning.pruner import Pruner
 from sparse_dist.pruning.scopes import floor_count, sigmoid_mass, smp_budgets, uniform_ks
 
@@ -58,7 +58,7 @@ class LearnedScorePruner(Pruner):
             layer.track_sigmoid_mass = self.regularizer_on
         if self.freezes_weights:  # weights, embeddings, norms and the head stay as pretrained
             for name, param in trained.named_parameters():
-                param.requires_grad = name.endswith(".scores")
+                param.requires_grad = trains_with_scores(name, param)
 
     def attach(self, engine) -> None:
         named = [(f"{site.name}.scores", layer.scores) for site, layer in zip(self.sites, self.layers)]

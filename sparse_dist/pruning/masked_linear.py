@@ -131,6 +131,17 @@ def is_transposed_linear(module: torch.nn.Module) -> bool:
     return isinstance(module, Conv1D)
 
 
+TRAINS_WITH_SCORES = "trains_with_scores"
+"""Attribute that marks a parameter which is not a mask score but trains like one (SMP's label-word calibration)."""
+
+
+def trains_with_scores(name: str, param: torch.nn.Parameter) -> bool:
+    """Whether a parameter trains as the mask scores do: in their optimizer group (``pruning.score_lr``), and
+    still trainable when a method freezes the weights. The layers' ``scores``, and parameters marked with
+    :data:`TRAINS_WITH_SCORES`."""
+    return name.endswith(".scores") or getattr(param, TRAINS_WITH_SCORES, False)
+
+
 def _logit(p: float) -> float:
     """sigmoid(s) > p  <=>  s > logit(p); logit(0) = -inf keeps everything."""
     if p <= 0.0:

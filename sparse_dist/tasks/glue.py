@@ -12,10 +12,12 @@ from sparse_dist.tasks.spec import LocalLayout, TaskSpec
 
 def _glue(name: str, *, type: TaskType = SEQUENCE_CLASSIFICATION, columns: dict[str, str], labels: tuple[str, ...] = (),
           metrics: tuple[str, ...] = ("accuracy",), primary: str = "accuracy", text_fields: tuple[str, ...],
-          local: LocalLayout, dev_splits: tuple[str, ...] = ("validation",), words: tuple[str, ...]) -> TaskSpec:
+          local: LocalLayout, dev_splits: tuple[str, ...] = ("validation",), words: tuple[str, ...],
+          score_range: tuple[float, float] | None = None) -> TaskSpec:
     return TaskSpec(name=name, type=type, hub_path="nyu-mll/glue", hub_name=name, hub_columns=columns,
                     label_names=labels, dev_splits=dev_splits, metrics=metrics, primary_metric=primary,
-                    text_prefix=name, text_fields=text_fields, local=local, label_words=words)
+                    text_prefix=name, text_fields=text_fields, local=local, label_words=words,
+                    score_range=score_range)
 
 
 def _tsv(directory: str, columns: dict[str, str], dev: dict[str, str] | None = None, **kwargs) -> LocalLayout:
@@ -52,7 +54,7 @@ TASKS: dict[str, TaskSpec] = {
         "stsb", type=SEQUENCE_REGRESSION, columns=_PAIR, metrics=("pearson", "spearman"), primary="pearson",
         text_fields=("sentence1", "sentence2"),
         local=_tsv("STS-B", {"text_a": "sentence1", "text_b": "sentence2", "label": "score"}),
-        words=("Yes",)),
+        words=("Yes",), score_range=(0.0, 5.0)),
     "mnli": _glue(
         "mnli", columns={"text_a": "premise", "text_b": "hypothesis", "label": "label"},
         labels=("entailment", "neutral", "contradiction"), text_fields=("premise", "hypothesis"),

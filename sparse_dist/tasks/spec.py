@@ -57,6 +57,8 @@ class TaskSpec:
     label_words: tuple[str, ...] = ()
     """Words whose masked-LM logits at the first token serve as class logits (SMP's frozen head), in
     label-id order; a regression task uses the logit of its one word."""
+    score_range: tuple[float, float] | None = None
+    """Regression: the lowest and highest score a label can take (STS-B: 0 to 5)."""
     local: LocalLayout | None = None
     train_split: str = "train"
     reader: str = "table"

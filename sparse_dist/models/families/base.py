@@ -6,7 +6,8 @@ transformers ``model_type`` of a checkpoint (:func:`sparse_dist.models.families.
 - :attr:`ModelFamily.kind`, the interface the task types serve it through: ``encoder`` (a head on the
   encoder's output), ``seq2seq`` (text in, text out) or ``decoder`` (a causal LM: prompt, then target);
 - its prunable sites and their matrix types (:meth:`ModelFamily.site_of`);
-- SMP's label-word head: where the masked-LM head is, and which position it is read at;
+- SMP's label-word head: where the masked-LM head is, which position it is read at, and where a learned
+  label-word calibration folds into it; where the LM head is (to tell whether a checkpoint carries it);
 - what the checks before start need: whether inputs are bounded by absolute positions, its dropout keys.
 """
 
@@ -55,3 +56,22 @@ class ModelFamily:
     def label_word_hidden(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """The hidden state the label words are read at, ``(B, H)`` from ``(B, L, H)``."""
         raise NotImplementedError(f"{self.name} has no label-word read position")
+
+    def label_word_logit_scales(self, mlm: PreTrainedModel
+                                ) -> tuple[torch.nn.Parameter, torch.nn.Parameter, torch.nn.Parameter]:
+        """Three parameters of the masked-LM head that, multiplied by ``s``, multiply every logit by ``s``: the
+        last LayerNorm's weight and bias and the decoder's bias (the decoder's weight is tied to the word
+        embeddings). The label-word calibration is folded into them (:func:`~sparse_dist.models.label_words.
+        fold_calibration`)."""
+        raise NotImplementedError(f"{self.name} has no masked-LM head to fold a label-word calibration into")
+
+    # --- the LM head, for every family ----------------------------------------------------------------
+
+    def lm_head_name(self, lm: PreTrainedModel) -> str | None:
+        """The name of the top-level module of ``lm`` that holds its LM head (``cls`` for BERT, ``lm_head`` for
+        RoBERTa and T5); ``""`` if the model is its own head, None if it has none. The default finds the child
+        holding the output embeddings, which serves any transformers LM."""
+        output = lm.get_output_embeddings()
+        if output is None:
+            return None
+        return next((name for name, child in lm.named_children() if any(m is output for m in child.modules())), "")

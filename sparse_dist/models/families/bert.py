@@ -44,12 +44,22 @@ class BertFamily(ModelFamily):
         return " " + word if type(tokenizer).__name__.startswith(("Roberta", "GPT2")) else word
 
     def masked_lm_head(self, mlm):
-        head = mlm.cls.predictions if hasattr(mlm, "cls") else mlm.lm_head
+        head = _predictions(mlm)
         transform = head.transform if hasattr(head, "transform") else _RobertaTransform(head)
         return transform, head.decoder, head.bias
 
+    def label_word_logit_scales(self, mlm):
+        head = _predictions(mlm)
+        norm = head.transform.LayerNorm if hasattr(head, "transform") else head.layer_norm
+        return norm.weight, norm.bias, head.bias
+
     def label_word_hidden(self, hidden: torch.Tensor, attention_mask) -> torch.Tensor:
         return hidden[:, 0]
+
+
+def _predictions(mlm: torch.nn.Module) -> torch.nn.Module:
+    """The masked-LM head: BERT's ``cls.predictions`` (transform, decoder, bias), RoBERTa's ``lm_head``."""
+    return mlm.cls.predictions if hasattr(mlm, "cls") else mlm.lm_head
 
 
 class _RobertaTransform(torch.nn.Module):
