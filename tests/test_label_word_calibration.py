@@ -167,6 +167,7 @@ def train_smp_regression(run_dir: str, model: str, data: str, stage: int) -> dic
 
 
 @pytest.mark.distributed
+@pytest.mark.slow  # 2 ranks, a few steps, an export: 1-2 minutes on 2 shared cores
 @pytest.mark.parametrize("stage", [2, 3])
 def test_the_calibration_trains_with_the_scores_and_survives_the_export(stage, checkpoints, tmp_path, capfd):
     run_dir = tmp_path / "run"
@@ -220,6 +221,7 @@ def interrupted_then_resumed(root: str, model: str, data: str, stage: int) -> di
 
 
 @pytest.mark.distributed
+@pytest.mark.slow  # 2 ranks, a stop and a resume: 1-2 minutes on 2 shared cores
 @pytest.mark.parametrize("stage", [2, 3])
 def test_the_calibration_resumes_exactly(stage, checkpoints, tmp_path):
     out = run_distributed(interrupted_then_resumed, 2, str(tmp_path), checkpoints["headless"], checkpoints["data"],
