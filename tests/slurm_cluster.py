@@ -22,13 +22,13 @@ def missing_requirements() -> str | None:
     """Why a cluster cannot start here, or None."""
     if os.geteuid() != 0:
         return "the SLURM daemons must be started as root"
-    absent = [name for name in ("munged", "slurmctld", "slurmd", "sbatch") if not _which(name)]
+    absent = [name for name in ("munged", "slurmctld", "slurmd", "sbatch") if not which(name)]
     if absent:
         return f"not installed: {', '.join(absent)} (apt-get install slurm-wlm munge)"
     return None
 
 
-def _which(name: str) -> str | None:
+def which(name: str) -> str | None:
     return shutil.which(name) or next((f"{d}/{name}" for d in ("/usr/sbin", "/usr/bin") if
                                        os.access(f"{d}/{name}", os.X_OK)), None)
 
@@ -40,7 +40,39 @@ def _memory_mib() -> int:
     raise RuntimeError("no MemTotal in /proc/meminfo")
 
 
-class SlurmCluster:
+class SlurmClient:
+    """Job submission and polling over :meth:`run`, which each cluster defines (where the client commands run)."""
+
+    def run(self, *command: str, check: bool = True, cwd: Path | None = None,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+        raise NotImplementedError
+
+    def sbatch(self, script: str, *args: str, options: tuple[str, ...] = (), env: dict | None = None,
+               cwd: Path) -> int:
+        """Submit ``script`` (with ``args`` passed through to it); return the job id."""
+        out = self.run("sbatch", "--parsable", *options, script, *args, check=False, cwd=cwd, env=env)
+        if out.returncode != 0:
+            raise RuntimeError(f"sbatch failed: {out.stderr.strip()}")
+        return int(out.stdout.strip().split(";")[0])
+
+    def job(self, job_id: int) -> dict[str, str]:
+        """The job's fields from ``scontrol show job`` (JobState, Restarts, ExitCode, ...)."""
+        text = self.run("scontrol", "-o", "show", "job", str(job_id)).stdout
+        return dict(field.split("=", 1) for field in text.split() if "=" in field)
+
+    def wait(self, job_id: int, until, timeout_s: float, what: str, poll_s: float = 1) -> dict[str, str]:
+        """Poll the job until ``until(fields)`` holds; an error naming ``what`` after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            fields = self.job(job_id)
+            if until(fields):
+                return fields
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id}: not {what} after {timeout_s:.0f} s: {fields.get('JobState')}")
+            time.sleep(poll_s)
+
+
+class SlurmCluster(SlurmClient):
     """Start with :meth:`start`, submit with :meth:`sbatch`, stop with :meth:`stop`."""
 
     def __init__(self, root: Path):
@@ -56,7 +88,7 @@ class SlurmCluster:
         self.conf.write_text(self._config())
         self._start_munge()
         for daemon in ("slurmctld", "slurmd"):
-            subprocess.run([_which(daemon), "-f", str(self.conf)], check=True, env=self.env)
+            subprocess.run([which(daemon), "-f", str(self.conf)], check=True, env=self.env)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             state = self.run("sinfo", "-h", "-n", self.host, "-o", "%T", check=False).stdout.strip()
@@ -100,36 +132,13 @@ class SlurmCluster:
             return  # already running
         Path("/run/munge").mkdir(parents=True, exist_ok=True)
         shutil.chown("/run/munge", "munge", "munge")
-        subprocess.run(["runuser", "-u", "munge", "--", _which("munged")], check=True)
+        subprocess.run(["runuser", "-u", "munge", "--", which("munged")], check=True)
         self.started_munge = True
 
-    def run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(list(command), capture_output=True, text=True, env=self.env, check=check)
-
-    def sbatch(self, script: str, *args: str, options: tuple[str, ...] = (), env: dict | None = None,
-               cwd: Path) -> int:
-        """Submit ``script`` (with ``args`` passed through to it); return the job id."""
-        out = subprocess.run(["sbatch", "--parsable", *options, script, *args], capture_output=True, text=True,
-                             cwd=cwd, env={**self.env, **(env or {})})
-        if out.returncode != 0:
-            raise RuntimeError(f"sbatch failed: {out.stderr.strip()}")
-        return int(out.stdout.strip().split(";")[0])
-
-    def job(self, job_id: int) -> dict[str, str]:
-        """The job's fields from ``scontrol show job`` (JobState, Restarts, ExitCode, ...)."""
-        text = self.run("scontrol", "-o", "show", "job", str(job_id)).stdout
-        return dict(field.split("=", 1) for field in text.split() if "=" in field)
-
-    def wait(self, job_id: int, until, timeout_s: float, what: str) -> dict[str, str]:
-        """Poll the job until ``until(fields)`` holds; an error naming ``what`` after ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            fields = self.job(job_id)
-            if until(fields):
-                return fields
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id}: not {what} after {timeout_s:.0f} s: {fields.get('JobState')}")
-            time.sleep(2)
+    def run(self, *command: str, check: bool = True, cwd: Path | None = None,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(list(command), capture_output=True, text=True, env={**self.env, **(env or {})},
+                              cwd=cwd, check=check)
 
     def stop(self) -> None:
         self.run("scontrol", "shutdown", check=False)

@@ -37,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from slurm_cluster import _which
+from slurm_cluster import SlurmClient, which
 from slurm_cluster import missing_requirements as missing_slurm
 
 NODES = ("sdnode0", "sdnode1")
@@ -54,7 +54,7 @@ def missing_requirements() -> str | None:
     problem = missing_slurm()
     if problem:
         return problem
-    absent = [name for name in ("ip", "nsenter", "unshare", "munged") if not _which(name)]
+    absent = [name for name in ("ip", "nsenter", "unshare", "munged") if not which(name)]
     if absent:
         return f"not installed: {', '.join(absent)}"
     probe = f"sdprobe{os.getpid()}"
@@ -65,7 +65,7 @@ def missing_requirements() -> str | None:
     return None
 
 
-class TwoNodeCluster:
+class TwoNodeCluster(SlurmClient):
     """Start with :meth:`start`, submit with :meth:`sbatch`, stop with :meth:`stop` (always)."""
 
     def __init__(self, root: Path):
@@ -93,9 +93,9 @@ class TwoNodeCluster:
         hosts = self.root / "hosts"
         hosts.write_text("127.0.0.1 localhost\n" + "".join(f"{a} {n}\n" for a, n in zip(ADDRESSES, NODES)))
         self.conf.write_text(self._config())
-        self._daemon(0, "slurmctld", [_which("slurmctld"), "-D", "-f", str(self.conf)])
+        self._daemon(0, "slurmctld", [which("slurmctld"), "-D", "-f", str(self.conf)])
         for index, node in enumerate(NODES):
-            self._daemon(index, f"slurmd-{node}", [_which("slurmd"), "-D", "-N", node, "-f", str(self.conf)])
+            self._daemon(index, f"slurmd-{node}", [which("slurmd"), "-D", "-N", node, "-f", str(self.conf)])
         deadline = time.monotonic() + timeout_s
         states = ""
         while time.monotonic() < deadline:
@@ -115,7 +115,7 @@ class TwoNodeCluster:
         self.munge_dir.chmod(0o711)
         shutil.chown(self.munge_dir, "munge", "munge")
         d = self.munge_dir
-        subprocess.run(["runuser", "-u", "munge", "--", _which("munged"), f"--socket={d / 'munge.socket'}",
+        subprocess.run(["runuser", "-u", "munge", "--", which("munged"), f"--socket={d / 'munge.socket'}",
                         f"--pid-file={d / 'munged.pid'}", f"--log-file={d / 'munged.log'}",
                         f"--seed-file={d / 'munged.seed'}"], check=True)
 
@@ -181,30 +181,6 @@ class TwoNodeCluster:
         """A SLURM client command, run in node 0's namespace (where slurmctld listens)."""
         return subprocess.run([*self._enter(0), *command], capture_output=True,
                               text=True, env={**self.env, **(env or {})}, cwd=cwd, check=check)
-
-    def sbatch(self, script: str, *args: str, options: tuple[str, ...] = (), env: dict | None = None,
-               cwd: Path) -> int:
-        """Submit ``script`` (with ``args`` passed through to it); return the job id."""
-        out = self.run("sbatch", "--parsable", *options, script, *args, check=False, cwd=cwd, env=env)
-        if out.returncode != 0:
-            raise RuntimeError(f"sbatch failed: {out.stderr.strip()}")
-        return int(out.stdout.strip().split(";")[0])
-
-    def job(self, job_id: int) -> dict[str, str]:
-        """The job's fields from ``scontrol show job`` (JobState, Restarts, ExitCode, ...)."""
-        text = self.run("scontrol", "-o", "show", "job", str(job_id)).stdout
-        return dict(field.split("=", 1) for field in text.split() if "=" in field)
-
-    def wait(self, job_id: int, until, timeout_s: float, what: str) -> dict[str, str]:
-        """Poll the job until ``until(fields)`` holds; an error naming ``what`` after ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            fields = self.job(job_id)
-            if until(fields):
-                return fields
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id}: not {what} after {timeout_s:.0f} s: {fields.get('JobState')}")
-            time.sleep(1)
 
     def node_processes(self, node: int) -> dict[int, str]:
         """Every process in the node's namespace but its SLURM daemons (slurmd, slurmstepd): pid -> command."""

@@ -18,8 +18,9 @@ import pytest
 import torch
 import torch.distributed as dist
 from harness import run_distributed
-from runs import tiny_config
+from state_digest import full_pruning_state
 
+from runs import tiny_config
 from sparse_dist.distributed.env import init_distributed
 from sparse_dist.distributed.fragments import build_fragments
 from sparse_dist.distributed.gather import full_master, full_numel, iter_full_parameters
@@ -68,7 +69,7 @@ def snapshot(trainer: Trainer) -> dict:
            "exp_avg": _hash(full_moments(trainer, trainable, "exp_avg")),
            "exp_avg_sq": _hash(full_moments(trainer, trainable, "exp_avg_sq")),
            "masks": _hash(full_masks(trainer.pruner, trainer.comm).items()),
-           "pruning": pruning_state(trainer)}
+           "pruning": full_pruning_state(trainer)}
     teacher = getattr(trainer.distiller, "self_teacher", None)
     if teacher is not None:
         out["teacher"] = _hash(iter_full_parameters(teacher.model))
@@ -84,21 +85,6 @@ def full_moments(trainer: Trainer, named, key: str) -> list[tuple[str, torch.Ten
     every = [None] * dist.get_world_size()
     dist.all_gather_object(every, mine)
     return [(name, assemble([rank[i] for rank in every], 0, full_numel(p))) for i, (name, p) in enumerate(named)]
-
-
-def pruning_state(trainer: Trainer) -> str:
-    """Hash of the whole model's pruning statistics and counters (every rank's fragments). All ranks call."""
-    state = trainer.pruner.state_dict()
-    states = [None] * dist.get_world_size()
-    dist.all_gather_object(states, state)
-    h = hashlib.sha256()
-    for key in sorted(state["tensors"]):
-        for i in range(len(state["layout"])):
-            pieces = [(s["layout"][i][0], s["tensors"][key][i]) for s in states]
-            total = sum(s["layout"][i][1] for s in states)
-            h.update(assemble(pieces, 0, total).numpy().tobytes())
-    h.update(repr((state["target"], state["updates"])).encode())
-    return h.hexdigest()
 
 
 def stop_after(stage: int, method: str, run_dir: str) -> dict:

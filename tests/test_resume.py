@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 from harness import run_distributed
+from state_digest import full_pruning_state
 
 from runs import tiny_config
 from sparse_dist.checkpoint import Checkpointer
 from sparse_dist.config import ConfigError
 from sparse_dist.distributed.env import init_distributed
 from sparse_dist.distributed.gather import full_master, iter_full_parameters
-from sparse_dist.distributed.reshard import assemble
 from sparse_dist.preflight import incomplete_because
 from sparse_dist.pruning.export import full_masks
 from sparse_dist.trainer import Trainer
@@ -171,21 +171,6 @@ def test_a_corrupt_checkpoint_is_reported_and_the_previous_one_used(runs, tmp_pa
     err = capfd.readouterr().err
     assert f"checkpoint {run_dir / 'checkpoints' / 'step00000004'} is not usable" in err
     assert "truncated" in err and "resumed from" in err and "step00000002" in err
-
-
-def full_pruning_state(trainer: Trainer) -> str:
-    """Hash of the whole model's pruning statistics (every rank's fragments assembled). All ranks call."""
-    state = trainer.pruner.state_dict()
-    states = [None] * dist.get_world_size()
-    dist.all_gather_object(states, state)
-    h = hashlib.sha256()
-    for key in sorted(state["tensors"]):
-        for i in range(len(state["layout"])):
-            pieces = [(s["layout"][i][0], s["tensors"][key][i]) for s in states]
-            total = sum(s["layout"][i][1] for s in states)
-            h.update(assemble(pieces, 0, total).numpy().tobytes())
-    h.update(repr((state["target"], state["updates"])).encode())
-    return h.hexdigest()
 
 
 def stop_after(stage: int, run_dir: str) -> tuple[str, str]:
