@@ -446,10 +446,10 @@ def validate(config: RunConfig) -> None:
     _require(not (freezes_weights and config.model.head == "classifier"), "model.head",
              f"{config.pruning.method} keeps the pretrained head frozen and needs label_words", config.model.head)
     task_type = TASKS[d.task].type
-    if not task_type.label_word_head:  # e.g. token classification: no word to read a tag at
+    if not task_type.label_word_head:  # token classification, extractive QA: no word to read a tag or a span at
         _require(not freezes_weights, "pruning.method",
                  f"task {d.task} ({task_type.name}) has no label words, and {config.pruning.method} trains only mask "
-                 "scores on frozen weights, so a new tag head would stay untrained; use magnitude, movement, "
+                 "scores on frozen weights, so a new task head would stay untrained; use magnitude, movement, "
                  "soft_movement, platon or pins", config.pruning.method)
         _require(config.model.head != "label_words", "model.head",
                  f"task {d.task} ({task_type.name}) has no label words; use classifier", config.model.head)

@@ -15,8 +15,8 @@ import pytest
 import torch
 import torch.distributed as dist
 from harness import run_distributed
-from runs import DATA_DIR, tiny_config
 
+from runs import DATA_DIR, tiny_config
 from sparse_dist.config import ConfigError, load_config
 from sparse_dist.data.extractive_qa import postprocess_qa_predictions
 from sparse_dist.distributed.env import init_distributed
@@ -45,13 +45,13 @@ def test_squad_refuses_t5_naming_the_key(tmp_path):
         check_model_for_task(load_checkpoint_config("tiny-t5"), get_task("squad"), "tiny-t5", "classifier")
 
 
-def test_squad_refuses_label_words_and_smp(tmp_path):
-    from sparse_dist.preflight import check_run
-
-    config = qa_config(tmp_path, 1, pruning={"method": "smp", "scope": "per_type"})
-    assert config.model.head == "label_words"  # SMP keeps the pretrained head frozen
-    with pytest.raises(ConfigError, match=r"^model\.head: squad has no label words"):
-        check_run(config)
+def test_squad_refuses_label_words_and_smp():
+    base = ["data.task=squad", f"data.local_dir={DATA_DIR}"]
+    with pytest.raises(ConfigError, match=r"^pruning\.method: task squad \(extractive_qa\) has no label words"):
+        load_config(None, [*base, "pruning.method=smp", "pruning.scope=per_type"])
+    with pytest.raises(ConfigError, match=r"^model\.head: task squad \(extractive_qa\) has no label words"):
+        load_config(None, [*base, "model.head=label_words"])
+    assert load_config(None, base).model.head == "classifier"
 
 
 def test_doc_stride_must_be_shorter_than_the_window(tmp_path):

@@ -42,6 +42,7 @@ class QAGold:
 class ExtractiveQA(TaskType):
     name = "extractive_qa"
     problem_type = None
+    label_word_head = False  # a span has no label words: SMP and model.head=label_words are refused by the config
 
     # --- data ---------------------------------------------------------------------------------------
 
@@ -55,9 +56,6 @@ class ExtractiveQA(TaskType):
             what = "decoder-only" if kind == "decoder" else "text-to-text"
             raise ConfigError(f"{key}: {name} is a {config.model_type} {what} model; extractive QA "
                               f"({task.name}) needs an encoder (BERT, RoBERTa) with a span head")
-        if head == "label_words":
-            raise ConfigError(f"model.head: {task.name} has no label words (the answer is a span); use "
-                              "model.head=classifier with a pruning method that trains weights (SMP cannot)")
         return None
 
     def model_class(self, kind: str, label_words: bool):

@@ -53,10 +53,7 @@ class TokenClassification(TaskType):
         if kind != "encoder":
             raise ConfigError(f"{key}: {name} is a {config.model_type} ({kind}) model; task {task.name} "
                               "(token classification) needs an encoder such as BERT or RoBERTa")
-        if head == "label_words":
-            raise ConfigError(f"model.head: task {task.name} (token classification) has no label words; "
-                              "use model.head=classifier")
-        return None
+        return None  # label words are refused by the config (label_word_head)
 
     def model_class(self, kind: str, label_words: bool):
         from transformers import AutoModelForTokenClassification
