@@ -43,6 +43,9 @@ def _memory_mib() -> int:
 class SlurmClient:
     """Job submission and polling over :meth:`run`, which each cluster defines (where the client commands run)."""
 
+    poll_s = 2.0
+    """Seconds between two looks at a job in :meth:`wait`."""
+
     def run(self, *command: str, check: bool = True, cwd: Path | None = None,
             env: dict | None = None) -> subprocess.CompletedProcess:
         raise NotImplementedError
@@ -60,7 +63,7 @@ class SlurmClient:
         text = self.run("scontrol", "-o", "show", "job", str(job_id)).stdout
         return dict(field.split("=", 1) for field in text.split() if "=" in field)
 
-    def wait(self, job_id: int, until, timeout_s: float, what: str, poll_s: float = 1) -> dict[str, str]:
+    def wait(self, job_id: int, until, timeout_s: float, what: str) -> dict[str, str]:
         """Poll the job until ``until(fields)`` holds; an error naming ``what`` after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         while True:
@@ -69,7 +72,7 @@ class SlurmClient:
                 return fields
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id}: not {what} after {timeout_s:.0f} s: {fields.get('JobState')}")
-            time.sleep(poll_s)
+            time.sleep(self.poll_s)
 
 
 class SlurmCluster(SlurmClient):
