@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import re
 import runpy
 import shlex
 import signal
 import sys
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
@@ -231,6 +231,13 @@ class _Parsed(Exception):
         self.namespace = namespace
 
 
+@functools.cache
+def benchmark_module(path: Path) -> dict:
+    """The benchmark's globals, its module code run once (not as __main__), with benchmarks/ importable."""
+    with mock.patch.object(sys, "path", [str(path.parent), *sys.path]):
+        return runpy.run_path(str(path), run_name="docs_check")
+
+
 def check_benchmark(command: Command, script: str, args: list[str]) -> argparse.Namespace:
     """Parse ``args`` with the benchmark's own argparse: its module is loaded (not run as __main__) and its
     ``main()`` called until its parser returns."""
@@ -240,8 +247,8 @@ def check_benchmark(command: Command, script: str, args: list[str]) -> argparse.
     def parse_then_stop(self, argv=None, namespace=None):
         raise _Parsed(original(self, argv, namespace))
 
-    with mock.patch.object(sys, "argv", [script, *args]), mock.patch.object(sys, "path", [str(path.parent), *sys.path]):
-        module = runpy.run_path(str(path), run_name="docs_check")
+    module = benchmark_module(path)
+    with mock.patch.object(sys, "argv", [script, *args]):
         if "main" not in module:
             fail(command, f"{script} has no main() to parse its arguments")
         with mock.patch.object(argparse.ArgumentParser, "parse_args", parse_then_stop):
@@ -255,9 +262,13 @@ def check_benchmark(command: Command, script: str, args: list[str]) -> argparse.
     return argparse.Namespace()
 
 
+def pyproject_strings() -> list[str]:
+    """Every double-quoted string of pyproject.toml (requirements, markers; tomllib needs Python 3.11)."""
+    return re.findall(r'"([^"\n]*)"', (REPO / "pyproject.toml").read_text())
+
+
 def declared_marks() -> set[str]:
-    markers = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["markers"]
-    return {marker.split(":")[0].strip() for marker in markers}
+    return {found.group(1) for string in pyproject_strings() if (found := re.fullmatch(r"(\w+): .*", string))}
 
 
 def check_pytest(command: Command, args: list[str]) -> None:
@@ -385,8 +396,7 @@ def check_tensorboard(command: Command, checked: Checked) -> None:
 
 def check_pip(command: Command, checked: Checked) -> None:
     """``pip install <requirement>``: the requirement is spelled as in pyproject.toml."""
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    known = set(project["dependencies"]) | {r for extra in project["optional-dependencies"].values() for r in extra}
+    known = set(pyproject_strings())
     if command.argv[1:2] != ["install"]:
         fail(command, "only pip install is documented")
     for requirement in command.argv[2:]:
