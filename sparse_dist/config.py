@@ -60,7 +60,7 @@ class ModelConfig:
     the task's label words (auto: label_words for SMP, classifier otherwise; T5 always uses its LM head)."""
     calibrate_label_words: bool | None = None
     """label_words only: learn logit' = scale x logit + offset at pruning.score_lr (true); null or false: off.
-    Not in the SMP paper, and it did not help in the one measurement (README)."""
+    Not in the SMP paper, and it did not help in the one measurement (docs/benchmarks.md)."""
 
 
 @dataclass

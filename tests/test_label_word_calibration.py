@@ -131,7 +131,7 @@ def test_a_label_word_head_the_checkpoint_lacks_is_warned_about(task, checkpoint
         assert "departs from the SMP paper and did not help in the one measurement" in warning
     # Found from what from_pretrained reports missing: the same weights saved with their head are not warned about.
     assert built("tiny-bert", task).warnings == ()
-    # null is off in every case (measured: it did not help, README); true turns it on
+    # null is off in every case (measured: it did not help, docs/benchmarks.md); true turns it on
     assert headless.model.calibration is None
     assert built("tiny-bert", task).model.calibration is None
     assert built("tiny-bert", task, calibrate="true").model.calibration is not None

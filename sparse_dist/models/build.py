@@ -153,7 +153,7 @@ def build_model(model_cfg: ModelConfig, task: TaskSpec, deepspeed_config: dict[s
         if label_order is not None:
             apply_label_order(pretrained, label_order)
         untrained = untrained_head_weights(pretrained, missing, family) if model_cfg.head == "label_words" else ()
-        calibrate = label_words and bool(model_cfg.calibrate_label_words)  # null is off (README: it did not help)
+        calibrate = label_words and bool(model_cfg.calibrate_label_words)  # null is off: docs/benchmarks.md
         model = (build_label_word_classifier(pretrained, tokenizer, task, calibrate) if label_words
                  else pretrained)
     if missing:

@@ -28,7 +28,7 @@ alone must both move onto a regression task's score scale and make rank the exam
 (:class:`LabelWordCalibration`), trained with the mask scores; only when set to true (null, the
 default, is off). This departs from the SMP paper, whose head is entirely frozen. The export folds them
 into the LM head (:func:`fold_calibration`). Measured (``benchmarks/smp_regression.py``: MRPC pairs
-scored 0/5, SMP-S at 10% remaining) it did not help: dev Pearson 0.29 without, 0.21 with (the README),
+scored 0/5, SMP-S at 10% remaining) it did not help: dev Pearson 0.29 without, 0.21 with (docs/benchmarks.md),
 which is why it is not on by default.
 """
 
@@ -187,11 +187,11 @@ def untrained_head_warning(name: str, untrained: tuple[str, ...], task: TaskSpec
         return f"{what}; with the head frozen (SMP) only the mask can make the right word win"
     if calibrated:
         return (f"{what}; model.calibrate_label_words learns a scale and offset onto the {task.name} scores "
-                "(not in the SMP paper; it did not help in the one measurement, see README)")
+                "(not in the SMP paper; it did not help in the one measurement, see docs/benchmarks.md)")
     return (f"{what}; with the head frozen (SMP) the mask alone must put it on the {task.name} score scale. "
             "model.calibrate_label_words=true would learn a scale and offset (encoders' label-word head only), but "
             "departs from the SMP paper and did not help in the one measurement (dev Pearson 0.21 with, 0.29 "
-            "without; README)")
+            "without; docs/benchmarks.md)")
 
 
 def check_calibration(family: ModelFamily, setting: bool | None, name: str) -> None:
