@@ -315,6 +315,9 @@ def check_python(command: Command, checked: Checked) -> None:
 
 
 def check_sparse_dist(command: Command, checked: Checked) -> None:
+    """``sparse-dist ...``: the console script pyproject.toml installs, then the subcommand's parser."""
+    if "sparse_dist.cli:main" not in pyproject_strings():
+        fail(command, "pyproject.toml installs no sparse-dist = sparse_dist.cli:main")
     args = command.argv[1:]
     if not args or args[0] in ("-h", "--help"):
         from sparse_dist.cli import main
@@ -536,6 +539,15 @@ def test_a_block_without_language_or_with_a_wrong_command_fails_the_check(tmp_pa
     ("sbatch --nodes=2 slurm/pins_t5_large.sh training.max_step=3", "training.max_step: unknown key"),
     ("tensorboard --logdirr runs/", "exit status 2"),
     ("pip install compressed-tensors", "not a requirement of pyproject.toml"),
+    ("FOO=1 sbatch slurm/pins_t5_large.sh", "slurm/pins_t5_large.sh has no knob FOO"),
+    ("sbatch --qos=high slurm/smp_bert_base.sh", "sbatch option --qos is not one the docs check knows"),
+    ("scancel --signal=USR3 --batch 812", "--signal=USR3: no such signal"),
+    ("python -m pytest -q -m 'not fast'", "marks \\['fast'\\] are not declared in pyproject.toml"),
+    ("python -m pytest tests/test_nothing.py", "test file tests/test_nothing.py does not exist"),
+    ("torchrun --nproc_per_node 3 launch/train.py --config configs/minilm_sst2.yaml", "config error on 3 rank"),
+    ("deepspeed --num_gpus 2 launch/evaluate.py", "launchers start launch/train.py or launch/export.py"),
+    ("python -m launch.train", "no --config"),
+    ("CONFIG=configs/minilm_sst2.yaml python -m launch.train --check", "for the job scripts only"),
 ])
 def test_a_wrong_command_fails_the_check(line, message, monkeypatch):
     monkeypatch.chdir(REPO)
