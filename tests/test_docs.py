@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import functools
 import io
+import json
 import re
 import runpy
 import shlex
@@ -594,3 +595,38 @@ def test_every_documented_training_command_passes_check(checked, tmp_path, monke
     assert failures == []
     if offline:
         print(f"not checked past the model (hub unreachable): {', '.join(offline)}")
+
+
+def test_readme_results_are_the_result_files_numbers():
+    """The README's results table, row by row, rebuilt from benchmarks/results/*.json as the write-ups
+    round them: a re-run benchmark cannot leave the headline figures stale."""
+    results = REPO / "benchmarks" / "results"
+    quality = {(r["method"], r["remaining"]): r["best_at_target"]
+               for r in json.loads((results / "quality_benchmark.json").read_text())["results"]}
+    select = {r["total_scores"]: r for r in json.loads((results / "select_benchmark.json").read_text())["results"]}
+    teacher = {(r["world_size"], r["design"]): r
+               for r in json.loads((results / "teacher_benchmark.json").read_text())["results"]}
+    export = {r["remaining"]: r for r in json.loads((results / "export_size.json").read_text())["rows"]}
+    mib = 2 ** 20
+    ours, naive = select[10 ** 8]["sparse_dist"], select[10 ** 8]["naive"]
+    expected_cells = [
+        f"| {quality[('smp_s', 0.5)]:.4f} | dense fine-tuning {quality[('dense', 1.0)]:.4f} |",
+        " / ".join(f"{quality[(method, 0.1)]:.4f}" for method in ("pins", "platon", "smp_s", "magnitude"))
+        + f" | dense {quality[('dense', 1.0)]:.4f} |",
+        f"| {ours['time_s'] * 1000:.1f} ms, {ours['bytes_sent'] / mib:.2f} MiB sent, "
+        f"{ours['peak_extra_bytes'] / mib:.1f} MiB extra per rank | all-gather + kthvalue: "
+        f"{naive['time_s'] * 1000:.1f} ms, {naive['bytes_sent'] / mib:.2f} MiB, "
+        f"{naive['peak_extra_bytes'] / mib:.1f} MiB |",
+        f"| {teacher[(1, 'sparse_dist')]['teacher_device_bytes'] / mib:.0f} (peak "
+        f"{teacher[(1, 'sparse_dist')]['teacher_device_peak_bytes'] / mib:.1f} MiB during its forward) | "
+        f"the paper's design: {teacher[(1, 'reference')]['teacher_device_bytes'] / mib:.1f} MiB |",
+        f"| {teacher[(1, 'sparse_dist')]['step_time_vs_none']:.2f}x | "
+        f"the paper's design: {teacher[(1, 'reference')]['step_time_vs_none']:.2f}x |",
+        f"| {export[0.1]['compressed_bytes'] / mib:.1f} MiB / {export[0.03]['compressed_bytes'] / mib:.1f} MiB | "
+        f"dense export: {export[0.1]['dense_bytes'] / mib:.1f} MiB |",
+    ]
+    table = [line for line in (REPO / "README.md").read_text().splitlines() if line.startswith("| ")]
+    missing = [cell for cell in expected_cells if not any(cell in row for row in table)]
+    assert missing == []
+    assert all(select[n]["exact_agreement"] for n in select)
+    assert all(row["decompresses_bit_for_bit"] for row in export.values())
