@@ -3,7 +3,7 @@ command itself is ``sparse-dist eval`` (sparse_dist/cli/eval.py).
 
     python -m launch.eval --model runs/tiny_bert_sst2/final/model --task sst2 --data-dir ../shared/data
     deepspeed --num_gpus 2 launch/eval.py --model runs/tiny_bert_sst2/final/model --task sst2 --data-dir ../shared/data
-    torchrun --nproc_per_node 2 launch/eval.py --model runs/tiny_bert_sst2/final/model --config runs/tiny_bert_sst2/config.yaml
+    torchrun --nproc_per_node 2 launch/eval.py --model runs/tiny_ner_conll/final/model --task conll2003
 """
 
 import sys

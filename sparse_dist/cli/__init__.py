@@ -2,7 +2,7 @@
 
     sparse-dist train --config configs/tiny_bert_sst2.yaml      # train (and prune); see sparse-dist train --help
     sparse-dist export --run-dir runs/smp_minilm_sst2           # export a run's latest checkpoint
-    sparse-dist eval --model runs/smp_minilm_sst2/final/model --task sst2 --data-dir ../shared/data  # score an export
+    sparse-dist eval --model runs/smp_minilm_sst2/final/model --config runs/smp_minilm_sst2/config.yaml
     sparse-dist report runs/smp_minilm_sst2                     # draw a run's report (PNG and HTML)
 
 Each module has ``main(argv, prog) -> exit status``; a subcommand is imported only when it runs, so

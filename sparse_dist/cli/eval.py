@@ -1,10 +1,10 @@
 """``sparse-dist eval``: score an exported model on its task's dev set(s), on one rank or several.
 
     sparse-dist eval --model runs/tiny_bert_sst2/final/model --task sst2 --data-dir ../shared/data
-    sparse-dist eval --model runs/tiny_bert_sst2/final/model --config runs/tiny_bert_sst2/config.yaml --output m.json
-    sparse-dist eval --model runs/smp_minilm_sst2/final/mask --base-model sentence-transformers/all-MiniLM-L6-v2 --task sst2 --data-dir ../shared/data
-    torchrun --nproc_per_node 2 -m sparse_dist.cli eval --model runs/tiny_bert_sst2/final/model --task sst2 --data-dir ../shared/data
-    deepspeed --num_gpus 2 launch/eval.py --model runs/tiny_bert_sst2/final/model --task sst2 --data-dir ../shared/data
+    sparse-dist eval --model runs/tiny_bert_sst2/final/model --config runs/tiny_bert_sst2/config.yaml
+    sparse-dist eval --model runs/tiny_smp_sst2/final/mask --base-model tiny-bert --task sst2 --output m.json
+    torchrun --nproc_per_node 2 -m sparse_dist.cli eval --model runs/tiny_ner_conll/final/model --task conll2003
+    deepspeed --num_gpus 2 launch/eval.py --model runs/tiny_bert_sst2/final/model --task sst2 eval.micro_batch_size=8
 
 ``--model`` is what ``sparse-dist export`` writes: a transformers directory (dense, or compressed with
 ``--format compressed``; a label-word model with its ``label_words.json``), or an SMP mask artifact,
