@@ -130,9 +130,12 @@ def build_eval_model(args: argparse.Namespace, config, scratch: Path):
         built = build_model(model_cfg, task, {"zero_optimization": {"stage": 0}}, config.job.seed, key="--model")
     except ConfigError as error:
         raise EvalInputError(str(error).replace(str(unpacked.directory), str(args.model))) from None
-    except (OSError, ValueError) as error:
-        first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
-        raise EvalInputError(f"--model: {args.model}: cannot load the model: {first}") from None
+    except (OSError, ValueError, RuntimeError) as error:  # RuntimeError: a head of another shape (another task)
+        first = ("its weights have other shapes (trained for another task?)" if isinstance(error, RuntimeError)
+                 else next((line for line in str(error).splitlines() if line.strip()), type(error).__name__))
+        architectures = json.loads((unpacked.directory / "config.json").read_text()).get("architectures") or ["?"]
+        raise EvalInputError(f"--model: {args.model}: a {architectures[0]} that cannot be loaded for task "
+                             f"{task.name} ({task.type.name}): {first}") from None
     if built.new_weights:  # a head the export lacks would score with random weights
         raise EvalInputError(f"--model: {args.model} has no weights for {', '.join(built.new_weights[:3])}"
                              f"{', ...' if len(built.new_weights) > 3 else ''}: not a model for task {task.name}")
