@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
-import logging
 import sys
 import tempfile
 from pathlib import Path
@@ -35,11 +34,9 @@ from sparse_dist.tasks import TASKS, get_task
 EVAL_SECTIONS = ("data", "eval")
 """The config sections that decide what an evaluation reads and how (the rest describe training)."""
 
-log = logging.getLogger(__name__)
-
 
 class EvalInputError(ValueError):
-    """A bad argument, found before or after the ranks start; the message names the path or flag."""
+    """A bad argument, found before the ranks start; the message names the path or flag."""
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -145,30 +142,32 @@ def build_eval_model(args: argparse.Namespace, config, scratch: Path):
     return built, unpacked.form
 
 
-def evaluate(args: argparse.Namespace, config, env) -> dict:
-    """Build the model and the dev sets, run :class:`~sparse_dist.evaluation.Evaluator`. All ranks call."""
+def evaluate(built, config, env) -> dict[str, float]:
+    """Build the dev sets and score ``built.model`` with :class:`~sparse_dist.evaluation.Evaluator`, the
+    evaluation training runs; returns its metrics and the number of examples of each dev set. All ranks call."""
     from sparse_dist.data.task_data import build_task_data
+    from sparse_dist.distributed.env import main_process_first
     from sparse_dist.evaluation import Evaluator
 
-    with tempfile.TemporaryDirectory(prefix="sparse_dist_eval_") as scratch:
-        built, form = build_eval_model(args, config, Path(scratch))
-    task_data = build_task_data(config.data, get_task(config.data.task), built.tokenizer, built.kind, dev_only=True)
+    with main_process_first(env):  # rank 0 fills the datasets cache first
+        task_data = build_task_data(config.data, get_task(config.data.task), built.tokenizer, built.kind,
+                                    dev_only=True)
     evaluator = Evaluator(task_data, config.eval, env, built.tokenizer, zero_stage=0)
     metrics = evaluator.evaluate(built.model.to(env.device))
-    return {"model": str(args.model), "form": form, "base_model": args.base_model, "task": config.data.task,
-            "world_size": env.world_size, "examples": {dev.split: len(dev.gold) for dev in task_data.dev},
-            "metrics": metrics}
+    return {"examples": {dev.split: len(dev.gold) for dev in task_data.dev}, "metrics": metrics}
 
 
 def main(argv: list[str] | None = None, prog: str = "sparse-dist eval") -> int:
     args = build_parser(prog).parse_args(argv)
-    try:
+    try:  # every bad argument is refused here, before the ranks meet: each rank reads the same files
         overrides = eval_overrides(args)
         check_paths(args)
         config = load_config(None, overrides, world_size=1)  # world_size: the training batch rules do not apply
         from sparse_dist.data.load import check_data_source
 
         check_data_source(get_task(config.data.task), config.data.local_dir, dev_only=True)
+        with tempfile.TemporaryDirectory(prefix="sparse_dist_eval_") as scratch:
+            built, form = build_eval_model(args, config, Path(scratch))
     except (EvalInputError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -183,12 +182,14 @@ def main(argv: list[str] | None = None, prog: str = "sparse-dist eval") -> int:
         return 2
     init_logging(env.rank)
     try:
-        result = evaluate(args, config, env)
-    except (EvalInputError, DataError) as error:  # the same on every rank: the model and data are
+        scored = evaluate(built, config, env)
+    except DataError as error:  # a bad row: the same on every rank
         if env.is_main:
-            print(f"error: {error}", file=sys.stderr)
+            print(f"data error: {error}", file=sys.stderr)
         return 2
     if env.is_main:
+        result = {"model": str(args.model), "form": form, "base_model": args.base_model, "task": config.data.task,
+                  "world_size": env.world_size, **scored}
         sets = ", ".join(f"{split} {n}" for split, n in result["examples"].items())
         print(f"{args.model} on {result['task']} ({sets} examples, {env.world_size} rank(s)):")
         print("\n".join(f"  {name} {value:.4f}" for name, value in result["metrics"].items()), flush=True)
