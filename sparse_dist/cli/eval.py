@@ -31,6 +31,7 @@ import yaml
 from sparse_dist.config import ConfigError, load_config
 from sparse_dist.tasks import TASKS, get_task
 
+MASK_META = "mask.json"  # sparse_dist.pruning.export.MASK_META, without importing torch
 EVAL_SECTIONS = ("data", "eval")
 """The config sections that decide what an evaluation reads and how (the rest describe training)."""
 
@@ -94,8 +95,6 @@ def eval_overrides(args: argparse.Namespace) -> list[str]:
 
 def check_paths(args: argparse.Namespace) -> None:
     """What can be refused before any rank starts: the model path, and --base-model without a mask."""
-    from sparse_dist.pruning.export import MASK_META
-
     model = Path(args.model)
     if not model.is_dir():
         raise EvalInputError(f"--model: {model}: no such directory")
@@ -166,6 +165,9 @@ def main(argv: list[str] | None = None, prog: str = "sparse-dist eval") -> int:
         from sparse_dist.data.load import check_data_source
 
         check_data_source(get_task(config.data.task), config.data.local_dir, dev_only=True)
+        from transformers.utils.logging import disable_progress_bar
+
+        disable_progress_bar()  # loading bars on stderr would bury a one-line error; the metrics are the output
         with tempfile.TemporaryDirectory(prefix="sparse_dist_eval_") as scratch:
             built, form = build_eval_model(args, config, Path(scratch))
     except (EvalInputError, ConfigError) as error:

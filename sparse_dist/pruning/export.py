@@ -231,6 +231,19 @@ def _compression_format(config_file: Path) -> str | None:
     return sparsity.get("format")
 
 
+def _write_plain_model(model: torch.nn.Module, directory: Path) -> None:
+    """``config.json`` and ``model.safetensors`` that ``from_pretrained`` reads, written on every rank that
+    calls this. (transformers' ``save_pretrained`` writes on rank 0 only once a process group exists, and an
+    evaluation may unpack its model on every rank of one.) Tied weights are written under each name."""
+    model.config.save_pretrained(directory)
+    seen, state = set(), {}
+    for name, tensor in model.state_dict().items():
+        shared = tensor.data_ptr() in seen
+        seen.add(tensor.data_ptr())
+        state[name] = tensor.detach().clone() if shared else tensor.detach().contiguous()
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+
+
 def unpack_export(path: str | Path, base: str | None, scratch: Path) -> UnpackedExport:
     """Make ``path`` loadable by ``from_pretrained``: what :func:`export_pruned_model` wrote (dense, or
     compressed, then decompressed by compressed-tensors into ``scratch``) or what
@@ -256,7 +269,7 @@ def unpack_export(path: str | Path, base: str | None, scratch: Path) -> Unpacked
         except OSError as error:
             first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
             raise NotAnExport(f"{source}: cannot load the base model of the mask in {path}: {first}") from None
-        model.save_pretrained(scratch)
+        _write_plain_model(model, scratch)
         tokenizer.save_pretrained(scratch)
         return UnpackedExport(scratch, "mask", meta.get("label_word_ids"))
     if not (path / "config.json").is_file():
@@ -278,5 +291,5 @@ def unpack_export(path: str | Path, base: str | None, scratch: Path) -> Unpacked
     except ImportError:
         raise NotAnExport(f"{path}: a compressed export; reading it needs compressed-tensors >= 0.12, < 0.14 "
                           "(pip install 'sparse-dist[compressed]')") from None
-    model.save_pretrained(scratch)
+    _write_plain_model(model, scratch)
     return UnpackedExport(scratch, "compressed", word_ids)
