@@ -5,8 +5,8 @@ for sequence and token classification; bad arguments are one line naming the pat
 Why exact: the command runs the evaluation training runs (``sparse_dist.evaluation.Evaluator``) on the
 same weights (masks folded in are the masked weights; compressed-tensors decompresses them bit for bit),
 the same dev examples cut the same way (``--config`` of the run), and the task's metric is computed once,
-on the predictions gathered from every rank in dataset order. On 1 rank the batches are the run's, so
-the logits are too; on 2 ranks each batch holds other examples, padded to another length, which can move
+on the predictions gathered from every rank in dataset order. On 1 rank (as the runs) the batches are the
+run's, so the logits are too; on 2 ranks each batch holds other examples, padded to another length, which can move
 a logit by float rounding (~1e-7): a prediction, an argmax, changes only if two classes tie that closely,
 which these runs do not have, so the metrics are asserted equal, not close.
 """
