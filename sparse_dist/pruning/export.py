@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 MASK_FILE = "mask.safetensors"
 MASK_META = "mask.json"
+LABEL_WORDS_FILE = "label_words.json"
 MODEL_FORMATS = ("dense", "compressed")
 """How :func:`export_pruned_model` stores weights: dense, or compressed-tensors' sparse-bitmask format."""
 
@@ -114,7 +115,7 @@ def export_pruned_model(built, pruner, directory: Path, comm: Communicator, is_m
             built.pretrained.save_pretrained(directory, state_dict=state)
         built.tokenizer.save_pretrained(directory)
         if hasattr(built.model, "word_ids"):
-            (directory / "label_words.json").write_text(json.dumps(
+            (directory / LABEL_WORDS_FILE).write_text(json.dumps(
                 {"label_word_ids": built.model.word_ids, "position": 0, "regression": built.model.regression,
                  "calibration_folded_in": calibration}))
         if report is not None:
@@ -204,9 +205,6 @@ def load_mask_artifact(directory: str | Path, base: str | None = None) -> torch.
 
 class NotAnExport(ValueError):
     """A path that holds neither an exported model nor a mask artifact (the message names it)."""
-
-
-LABEL_WORDS_FILE = "label_words.json"
 
 
 @dataclass
