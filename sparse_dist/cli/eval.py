@@ -41,6 +41,7 @@ class EvalInputError(ValueError):
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
+    """The command's arguments; ``--help`` prints this module's docstring, examples first."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="exported model directory, or SMP mask artifact directory")
@@ -107,8 +108,10 @@ def check_paths(args: argparse.Namespace) -> None:
 
 
 def build_eval_model(args: argparse.Namespace, config, scratch: Path):
-    """The exported model, built as training builds it (:func:`~sparse_dist.models.build.build_model`),
-    with its task head, in eval mode. Raises :class:`EvalInputError` naming the path."""
+    """The exported model with its task head, built as training builds it
+    (:func:`~sparse_dist.models.build.build_model`, no ZeRO partitioning), from a directory that lives only
+    as long as ``scratch``; returns it with the export's form (``dense``, ``compressed`` or ``mask``).
+    Single process. Raises :class:`EvalInputError` naming the path or flag."""
     from sparse_dist.config import ModelConfig
     from sparse_dist.models.build import build_model
     from sparse_dist.pruning.export import BaseModelMismatch, NotAnExport, unpack_export
@@ -141,9 +144,10 @@ def build_eval_model(args: argparse.Namespace, config, scratch: Path):
     return built, unpacked.form
 
 
-def evaluate(built, config, env) -> dict[str, float]:
+def evaluate(built, config, env) -> dict[str, dict]:
     """Build the dev sets and score ``built.model`` with :class:`~sparse_dist.evaluation.Evaluator`, the
-    evaluation training runs; returns its metrics and the number of examples of each dev set. All ranks call."""
+    evaluation training runs: ``{"metrics": {name: value}, "examples": {split: count}}`` (``count``: questions
+    for extractive QA), the same on every rank. All ranks call."""
     from sparse_dist.data.task_data import build_task_data
     from sparse_dist.distributed.env import main_process_first
     from sparse_dist.evaluation import Evaluator
