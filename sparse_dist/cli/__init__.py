@@ -2,6 +2,7 @@
 
     sparse-dist train --config configs/tiny_bert_sst2.yaml      # train (and prune); see sparse-dist train --help
     sparse-dist export --run-dir runs/smp_minilm_sst2           # export a run's latest checkpoint
+    sparse-dist eval --model runs/smp_minilm_sst2/final/model --config runs/smp_minilm_sst2/config.yaml
     sparse-dist report runs/smp_minilm_sst2                     # draw a run's report (PNG and HTML)
 
 Each module has ``main(argv, prog) -> exit status``; a subcommand is imported only when it runs, so
@@ -16,6 +17,7 @@ import sys
 SUBCOMMANDS = {
     "train": ("sparse_dist.cli.train", "train (and prune) a model described by a YAML config"),
     "export": ("sparse_dist.cli.export", "export a run's latest checkpoint (dense, or compressed)"),
+    "eval": ("sparse_dist.cli.eval", "score an exported model (or base model + mask) on its task's dev set"),
     "report": ("sparse_dist.cli.report", "draw a run's loss, metrics, sparsity and per-layer map (PNG, HTML)"),
 }
 

@@ -54,10 +54,10 @@ def hub_offline() -> bool:
                for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
-def check_data_source(task: TaskSpec, local_dir: str | None) -> None:
+def check_data_source(task: TaskSpec, local_dir: str | None, dev_only: bool = False) -> None:
     """What can be known about a task's data without reading it: with ``data.local_dir`` set, either the
-    task's files are there (each split's file, its header naming the columns) or the hub can be asked.
-    Raises :class:`ConfigError` naming ``data.local_dir`` and the file."""
+    task's files are there (each split's file, its header naming the columns; only the dev splits' if
+    ``dev_only``) or the hub can be asked. Raises :class:`ConfigError` naming ``data.local_dir`` and the file."""
     if local_dir is None or task.local is None:
         return
     directory = Path(local_dir) / task.local.directory
@@ -66,7 +66,7 @@ def check_data_source(task: TaskSpec, local_dir: str | None) -> None:
             raise ConfigError(f"data.local_dir: {directory} does not exist, and the hub is offline "
                               f"(HF_HUB_OFFLINE/HF_DATASETS_OFFLINE), so {task.name} cannot be loaded")
         return  # load_split says it falls back to the hub
-    splits = (task.train_split, *task.dev_splits)
+    splits = task.dev_splits if dev_only else (task.train_split, *task.dev_splits)
     for split in splits:
         if split not in task.local.files:
             raise ConfigError(f"data.local_dir: task {task.name} has no {split} split in the local layout")

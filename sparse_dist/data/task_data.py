@@ -33,24 +33,27 @@ class TaskData:
     task: TaskSpec
     kind: ModelKind
     """The model family's interface the data was encoded for."""
-    train: datasets.Dataset
+    train: datasets.Dataset | None
+    """The tokenized training split (None when only the dev sets were built, for evaluation)."""
     dev: list[EvalSet]
     collator: Collator
 
 
 def build_task_data(data: DataConfig, task: TaskSpec, tokenizer: PreTrainedTokenizerBase,
-                    kind: ModelKind) -> TaskData:
-    """Load, subset and tokenize the training split and every dev split of the task."""
-    raw_train = load_split(task, task.train_split, data.local_dir, data.max_train_examples)
-    train = task.type.encode_train(task, raw_train, tokenizer, kind, data.max_seq_length, data.max_target_length,
-                                   doc_stride=data.doc_stride)
+                    kind: ModelKind, dev_only: bool = False) -> TaskData:
+    """Load, subset and tokenize the training split (unless ``dev_only``) and every dev split of the task."""
+    train = None
+    if not dev_only:
+        raw_train = load_split(task, task.train_split, data.local_dir, data.max_train_examples)
+        train = task.type.encode_train(task, raw_train, tokenizer, kind, data.max_seq_length,
+                                       data.max_target_length, doc_stride=data.doc_stride)
     dev = []
     for split in task.dev_splits:
         raw = load_split(task, split, data.local_dir, data.max_eval_examples)
         inputs, gold = task.type.encode_eval(task, raw, tokenizer, kind, data.max_seq_length,
                                                    doc_stride=data.doc_stride)
         dev.append(EvalSet(split=split, inputs=inputs, gold=gold))
-    log.info("task %s: %d training examples, dev: %s", task.name, len(train),
+    log.info("task %s: %s training examples, dev: %s", task.name, "no" if train is None else len(train),
              ", ".join(f"{d.split} {len(d.inputs)}" for d in dev))
     return TaskData(task=task, kind=kind, train=train, dev=dev, collator=task.type.collator(tokenizer, kind))
 

@@ -15,6 +15,9 @@ its two values are recorded beside the ids, for information only.
 weights, and the label-word calibration if the run learned one. :func:`load_mask_artifact` rebuilds the
 pruned model from the base model and the mask (folding the calibration into its head), and refuses a base
 model whose weights do not match.
+
+:func:`unpack_export` reads any of these back (dense, compressed, or a mask artifact with its base model)
+as a plain transformers directory, for ``sparse-dist eval``.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,6 +47,7 @@ log = logging.getLogger(__name__)
 
 MASK_FILE = "mask.safetensors"
 MASK_META = "mask.json"
+LABEL_WORDS_FILE = "label_words.json"
 MODEL_FORMATS = ("dense", "compressed")
 """How :func:`export_pruned_model` stores weights: dense, or compressed-tensors' sparse-bitmask format."""
 
@@ -109,7 +115,7 @@ def export_pruned_model(built, pruner, directory: Path, comm: Communicator, is_m
             built.pretrained.save_pretrained(directory, state_dict=state)
         built.tokenizer.save_pretrained(directory)
         if hasattr(built.model, "word_ids"):
-            (directory / "label_words.json").write_text(json.dumps(
+            (directory / LABEL_WORDS_FILE).write_text(json.dumps(
                 {"label_word_ids": built.model.word_ids, "position": 0, "regression": built.model.regression,
                  "calibration_folded_in": calibration}))
         if report is not None:
@@ -195,3 +201,93 @@ def load_mask_artifact(directory: str | Path, base: str | None = None) -> torch.
             fold_calibration(model, dict(model.named_parameters()), meta["label_word_ids"],
                              **meta["label_word_calibration"])
     return model
+
+
+class NotAnExport(ValueError):
+    """A path that holds neither an exported model nor a mask artifact (the message names it)."""
+
+
+@dataclass
+class UnpackedExport:
+    """An export as a directory that transformers' ``from_pretrained`` reads, and what else it needs."""
+
+    directory: Path
+    """Dense transformers model and tokenizer: the export itself, or a copy decompressed or rebuilt."""
+    form: str
+    """``dense``, ``compressed`` (compressed-tensors' sparse-bitmask) or ``mask`` (base model + mask artifact)."""
+    label_word_ids: list[int] | None
+    """Vocabulary ids the label-word head reads (SMP on an encoder); None for any other head."""
+
+
+def _compression_format(config_file: Path) -> str | None:
+    """The sparsity format compressed-tensors recorded in ``config.json`` (None: a dense model)."""
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as error:
+        raise NotAnExport(f"{config_file}: not a readable model config ({error})") from None
+    sparsity = (config.get("quantization_config") or {}).get("sparsity_config") or {}
+    return sparsity.get("format")
+
+
+def _write_plain_model(model: torch.nn.Module, directory: Path) -> None:
+    """``config.json`` and ``model.safetensors`` that ``from_pretrained`` reads, written on every rank that
+    calls this. (transformers' ``save_pretrained`` writes on rank 0 only once a process group exists, and an
+    evaluation may unpack its model on every rank of one.) Tied weights are written under each name."""
+    model.config.save_pretrained(directory)
+    seen, state = set(), {}
+    for name, tensor in model.state_dict().items():
+        shared = tensor.data_ptr() in seen
+        seen.add(tensor.data_ptr())
+        state[name] = tensor.detach().clone() if shared else tensor.detach().contiguous()
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+
+
+def unpack_export(path: str | Path, base: str | None, scratch: Path) -> UnpackedExport:
+    """Make ``path`` loadable by ``from_pretrained``: what :func:`export_pruned_model` wrote (dense, or
+    compressed, then decompressed by compressed-tensors into ``scratch``) or what
+    :func:`export_mask_artifact` wrote (rebuilt from ``base``, default the artifact's own base model, by
+    :func:`load_mask_artifact` and saved into ``scratch`` with the base model's tokenizer).
+
+    Raises :class:`NotAnExport` naming the path when it is neither, and :class:`BaseModelMismatch` when
+    the base model is not the one the mask was learned on. Single process, no DeepSpeed.
+    """
+    path, scratch = Path(path), Path(scratch)
+    if not path.is_dir():
+        raise NotAnExport(f"{path}: no such directory")
+    if (path / MASK_META).is_file():
+        from transformers import AutoTokenizer
+
+        from sparse_dist.models.build import resolve_model_source
+
+        meta = json.loads((path / MASK_META).read_text())
+        source = resolve_model_source(base or meta["base_model"])
+        try:
+            model = load_mask_artifact(path, base)
+            tokenizer = AutoTokenizer.from_pretrained(source)
+        except OSError as error:
+            first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+            raise NotAnExport(f"{source}: cannot load the base model of the mask in {path}: {first}") from None
+        _write_plain_model(model, scratch)
+        tokenizer.save_pretrained(scratch)
+        return UnpackedExport(scratch, "mask", meta.get("label_word_ids"))
+    if not (path / "config.json").is_file():
+        raise NotAnExport(f"{path}: not an exported model (no config.json) nor a mask artifact (no {MASK_META})")
+    label_words = path / LABEL_WORDS_FILE
+    word_ids = json.loads(label_words.read_text())["label_word_ids"] if label_words.is_file() else None
+    form = _compression_format(path / "config.json")
+    if form is None:
+        return UnpackedExport(path, "dense", word_ids)
+    from sparse_dist.pruning.compressed import COMPRESSED_FORMAT, load_compressed_model
+
+    if form != COMPRESSED_FORMAT:
+        raise NotAnExport(f"{path}: compressed as {form!r}; only {COMPRESSED_FORMAT!r} exports can be read")
+    for item in path.iterdir():  # the tokenizer, label_words.json, sparsity.json; not the compressed weights
+        if item.is_file() and ".safetensors" not in item.name and item.name != "config.json":
+            shutil.copy2(item, scratch / item.name)
+    try:
+        model = load_compressed_model(path)
+    except ImportError:
+        raise NotAnExport(f"{path}: a compressed export; reading it needs compressed-tensors >= 0.12, < 0.14 "
+                          "(pip install 'sparse-dist[compressed]')") from None
+    _write_plain_model(model, scratch)
+    return UnpackedExport(scratch, "compressed", word_ids)
