@@ -32,7 +32,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-BLOCK_LANGUAGES = ("bash", "python", "text")
+BLOCK_LANGUAGES = ("bash", "python", "text", "json")
 SKIP_MARK = re.compile(r"<!--\s*docs-check:\s*skip\s*\((.+)\)\s*-->")
 PLACEHOLDER = re.compile(r"<[^<>\n]+>")  # <job id>, <run dir>: a value the reader fills in
 
@@ -195,10 +195,10 @@ def check_train(command: Command, args: argparse.Namespace, world_size: int, che
 
 
 def check_launch_script(command: Command, script: str, args: list[str], world_size: int, checked: Checked) -> None:
-    """A script a launcher starts: launch/train.py or launch/export.py, which are sparse-dist train/export."""
-    scripts = {"launch/train.py": "train", "launch/export.py": "export"}
+    """A script a launcher starts: launch/train.py, launch/export.py or launch/eval.py (sparse-dist train/export/eval)."""
+    scripts = {"launch/train.py": "train", "launch/export.py": "export", "launch/eval.py": "eval"}
     if script not in scripts:
-        fail(command, f"launchers start launch/train.py or launch/export.py, not {script}")
+        fail(command, f"launchers start {', '.join(scripts)}, not {script}")
     existing_file(command, script, "script")
     check_cli(command, scripts[script], args, world_size, checked)
 
@@ -221,8 +221,13 @@ def check_torchrun(command: Command, checked: Checked) -> None:
     with captured_exit(command, allowed=()):
         args = get_args_parser().parse_args(command.argv[1:])
     nodes = int(str(args.nnodes).split(":")[-1])
-    check_launch_script(command, args.training_script, args.training_script_args,
-                        nodes * int(args.nproc_per_node), checked)
+    world_size = nodes * int(args.nproc_per_node)
+    if args.module:
+        if args.training_script != "sparse_dist.cli" or not args.training_script_args:
+            fail(command, f"torchrun -m starts sparse_dist.cli <command>, not {args.training_script}")
+        name, *rest = args.training_script_args
+        return check_cli(command, name, rest, world_size, checked)
+    check_launch_script(command, args.training_script, args.training_script_args, world_size, checked)
 
 
 # --- python: modules, scripts, benchmarks, pytest ----------------------------------------------------------
@@ -446,6 +451,11 @@ def check_blocks(paths: list[Path]) -> Checked:
                 compile(block.text, where, "exec")
             except SyntaxError as error:
                 checked.problems.append(f"{where}: python block does not compile: {error}")
+        elif block.language == "json":
+            try:
+                json.loads(block.text)
+            except json.JSONDecodeError as error:
+                checked.problems.append(f"{where}: json block does not parse: {error}")
         elif block.language == "bash":
             for command in shell_commands(block):
                 checked.commands += 1
@@ -522,7 +532,7 @@ def test_a_block_without_language_or_with_a_wrong_command_fails_the_check(tmp_pa
                    "<!-- docs-check: skip (needs the task this page adds) -->\n```bash\nmake nothing\n```\n")
     checked = check_blocks([doc])
     assert checked.problems == [
-        "page.md:3: a fenced block must say its language, one of bash, python, text; got ''",
+        "page.md:3: a fenced block must say its language, one of bash, python, text, json; got ''",
         "page.md:9: make dmeo: the Makefile has no target 'dmeo'"]
     assert checked.commands == 2
 
