@@ -556,7 +556,7 @@ def test_a_block_without_language_or_with_a_wrong_command_fails_the_check(tmp_pa
     ("python -m pytest -q -m 'not fast'", "marks \\['fast'\\] are not declared in pyproject.toml"),
     ("python -m pytest tests/test_nothing.py", "test file tests/test_nothing.py does not exist"),
     ("torchrun --nproc_per_node 3 launch/train.py --config configs/minilm_sst2.yaml", "config error on 3 rank"),
-    ("deepspeed --num_gpus 2 launch/evaluate.py", "launchers start launch/train.py or launch/export.py"),
+    ("deepspeed --num_gpus 2 launch/evaluate.py", "launchers start launch/train.py, launch/export.py, launch/eval.py, not launch/evaluate.py"),
     ("python -m launch.train", "no --config"),
     ("CONFIG=configs/minilm_sst2.yaml python -m launch.train --check", "for the job scripts only"),
 ])
