@@ -111,6 +111,6 @@ def test_mapped_buffers_are_read_from_the_maps_file(tmp_path):
 @pytest.mark.parametrize("then", ["exit", "wait"], ids=["normal_exit", "sigkill"])
 def test_no_buffer_outlives_its_ranks(tmp_path, then):
     reports, left = run_ranks(tmp_path, then)
+    assert left == []
     # Each rank mapped its own and its peer's buffer, no longer named, and both reductions were exact.
     assert reports == {r: "mapped 2 named 0 exact [True, True]" for r in range(WORLD_SIZE)}
-    assert left == []
