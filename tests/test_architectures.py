@@ -18,7 +18,7 @@ from runs import tiny_config
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, BertTokenizer
 
 from launch.train import main
-from sparse_dist.checkpoint import run_signature
+from sparse_dist.checkpoint import run_signature, signature_differences
 from sparse_dist.config import ConfigError
 from sparse_dist.distributed.gather import full_numel
 from sparse_dist.models.architectures import ARCHITECTURES, get_architecture
@@ -141,11 +141,16 @@ def test_the_tokenizer_of_a_random_model(tmp_path):
                                 "bert-base-uncased a vocabulary of 30522; its ids would not fit")
 
 
-def test_the_signature_records_a_random_init(tmp_path):
+def test_a_random_run_and_a_pretrained_run_never_share_checkpoints(tmp_path):
     config = tiny_config(tmp_path)
-    assert "model.init" not in run_signature(config, "fp32")  # every earlier run keeps its signature
+    pretrained = run_signature(config, "fp32")
     config.model.init = "random"
-    assert run_signature(config, "fp32")["model.init"] == "random"
+    random = run_signature(config, "fp32")
+    assert (pretrained["model.init"], random["model.init"]) == ("pretrained", "random")
+    assert signature_differences(pretrained, random) == ["model.init is 'pretrained' there, 'random' here"]
+    assert signature_differences(random, pretrained) == ["model.init is 'random' there, 'pretrained' here"]
+    older = {key: value for key, value in pretrained.items() if key != "model.init"}  # before the key existed
+    assert signature_differences(older, pretrained) == []
 
 
 def train_random_t5_small(root: str) -> dict:
