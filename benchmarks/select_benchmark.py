@@ -90,7 +90,11 @@ def measure(method: str, total: int, repeats: int) -> dict:
     peak_extra = max(0, _peak_rss_bytes() - baseline)  # read before the check below allocates its mask
     kept = None
     if threshold is not None:  # exact without the naive answer: the kept set over all ranks has k scores
-        count = torch.tensor([int(threshold.mask(ScoreShard(scores, 0, rank, 0)).sum())], dtype=torch.int64)
+        # In chunks: a mask with ties at the threshold builds a position index of its shard (8 bytes a score).
+        chunk = 1 << 24
+        local = sum(int(threshold.mask(ScoreShard(scores[i:i + chunk], 0, rank, i)).sum())
+                    for i in range(0, scores.numel(), chunk))
+        count = torch.tensor([local], dtype=torch.int64)
         dist.all_reduce(count)
         kept = int(count)
     return {"time_s": statistics.median(times[1:]), "bytes_sent": sent, "bytes_received": sent,

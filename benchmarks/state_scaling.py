@@ -18,7 +18,8 @@ Reported per rank (the largest over ranks): bytes of each kind of pruning state,
 1/N; and, per selection (one exact distributed top-k, :func:`sparse_dist.distributed.select.select_topk`,
 counted by wrapping the pruner's ``select``), the payload bytes each rank sends and the collective
 rounds (all-reduce calls), which should not grow with N. Ring all-reduce sends 2 (N-1)/N of a buffer per
-rank (0 at N = 1, at most twice the buffer), so the bytes of a fixed-size reduce approach a constant.
+rank (0 at N = 1, at most twice the buffer), so the bytes of a fixed-size reduce grow by that factor
+(1, 1.5, 1.75 at 2, 4, 8 ranks) and no more; the buffer itself (bytes sent / 2 (N-1)/N) is reported too.
 Writes ``benchmarks/results/state_scaling.json`` and ``state_scaling.png``.
 """
 
@@ -123,6 +124,7 @@ def summarize(per_rank: list[dict], world_size: int) -> dict:
     """The largest value over ranks of every byte count; selections as max and mean over the run's calls."""
     keys = per_rank[0]["state_bytes"]
     selections = [s for rank in per_rank for s in rank["selections"]]
+    ring = 2 * (world_size - 1) / world_size  # bytes sent per byte of buffer in a ring all-reduce
     return {"world_size": world_size, "prunable_weights": per_rank[0]["prunable_weights"],
             "selection_groups": per_rank[0]["selection_groups"],
             "state_bytes_per_rank": {key: max(r["state_bytes"][key] for r in per_rank) for key in keys},
@@ -130,6 +132,7 @@ def summarize(per_rank: list[dict], world_size: int) -> dict:
             "selections_per_rank": len(per_rank[0]["selections"]),
             "selection_bytes_sent_max": max(s["bytes_sent"] for s in selections),
             "selection_bytes_sent_mean": sum(s["bytes_sent"] for s in selections) / len(selections),
+            "selection_buffer_bytes_max": max(s["bytes_sent"] for s in selections) / ring if ring else None,
             "selection_rounds_max": max(s["rounds"] for s in selections),
             "selection_rounds_mean": sum(s["rounds"] for s in selections) / len(selections)}
 
@@ -163,9 +166,11 @@ def main() -> None:
     print(f"wrote {RESULTS / 'state_scaling.json'} and state_scaling.png")
 
 
-KINDS = {"scores": "scores", "score_master": "scores' fp32 master", "score_optimizer_state": "scores' Adam moments",
-         "importance_statistics": "importance statistics", "masks": "packed masks",
-         "teacher_partition": "teacher partition", "total": "total"}
+KINDS = {"scores": ("scores", "tab:blue"), "score_master": ("scores' fp32 master", "tab:cyan"),
+         "score_optimizer_state": ("scores' Adam moments", "tab:green"),
+         "importance_statistics": ("importance statistics", "tab:orange"), "masks": ("packed masks", "tab:red"),
+         "teacher_partition": ("teacher partition", "tab:brown"), "total": ("total", "black")}
+STYLES = {"movement": "-", "pins+teacher": "--"}
 
 
 def plot(results: dict[str, list[dict]], path: Path) -> None:
@@ -174,32 +179,38 @@ def plot(results: dict[str, list[dict]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    figure, axes = plt.subplots(1, 3, figsize=(17, 5))
     for method, rows in results.items():
-        sizes = [r["world_size"] for r in rows]
-        for kind, label in KINDS.items():
+        sizes, style = [r["world_size"] for r in rows], STYLES.get(method, ":")
+        for kind, (label, color) in KINDS.items():
             values = [r["state_bytes_per_rank"][kind] / 2**20 for r in rows]
             if any(values):
-                axes[0].plot(sizes, values, "o-" if kind == "total" else ".--", label=f"{method}: {label}",
+                axes[0].plot(sizes, values, style, marker="o", color=color, label=f"{method}: {label}",
                              linewidth=2 if kind == "total" else 1)
-        total = rows[0]["state_bytes_per_rank"]["total"] * rows[0]["world_size"] / 2**20
-        axes[0].plot(sizes, [total / n for n in sizes], ":", color="grey", linewidth=1)
-        axes[1].plot(sizes, [r["selection_bytes_sent_max"] / 2**10 for r in rows], "o-", label=method)
-        axes[2].plot(sizes, [r["selection_rounds_max"] for r in rows], "o-", label=f"{method} (max)")
-        axes[2].plot(sizes, [r["selection_rounds_mean"] for r in rows], "x--", label=f"{method} (mean)")
-    titles = ["pruning state per rank (MiB; grey: 1/N)", "bytes sent per rank per selection (KiB, max)",
-              "collective rounds per selection"]
+        sent = [(r["world_size"], r["selection_bytes_sent_max"] / 2**20, r["selection_buffer_bytes_max"])
+                for r in rows if r["world_size"] > 1]
+        axes[1].plot([n for n, _, _ in sent], [b for _, b, _ in sent], style, marker="o", color="tab:blue",
+                     label=f"{method}: sent per rank")
+        axes[1].plot([n for n, _, _ in sent], [f / 2**20 for _, _, f in sent], style, marker="s", color="tab:gray",
+                     label=f"{method}: reduced buffer (sent / (2(N-1)/N))")
+        axes[2].plot(sizes, [r["selection_rounds_max"] for r in rows], style, marker="o", color="tab:purple",
+                     label=f"{method}: max")
+        axes[2].plot(sizes, [r["selection_rounds_mean"] for r in rows], style, marker="x", color="tab:olive",
+                     label=f"{method}: mean")
+    titles = ["pruning state per rank (MiB, log scale)", "per selection: MiB per rank (largest selection)",
+              "per selection: collective rounds (all-reduce calls)"]
     for axis, title in zip(axes, titles):
         axis.set_xscale("log", base=2)
         axis.set_xticks([1, 2, 4, 8], ["1", "2", "4", "8"])
         axis.set_xlabel("ranks (gloo, ZeRO-3)")
-        axis.set_title(title)
+        axis.set_title(title, fontsize=10)
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=7)
     axes[0].set_yscale("log")
     axes[1].set_ylim(bottom=0)
     axes[2].set_ylim(bottom=0)
-    figure.suptitle("World-size scaling of the pruning state: all-MiniLM-L6-v2, SST-2, 3 steps")
+    figure.suptitle("World-size scaling of the pruning state: all-MiniLM-L6-v2 (10.6M prunable weights), SST-2, "
+                    "3 steps; movement per matrix (36 groups), PINS global (1 group) with its teacher")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
