@@ -175,7 +175,7 @@ def train_random_t5_small(root: str) -> dict:
 
 
 @pytest.mark.distributed
-@pytest.mark.slow  # 77 s here: a 60M-parameter T5 built and trained on 2 ranks
+@pytest.mark.slow  # 77-103 s here: a 60M-parameter T5 built and trained on 2 ranks
 def test_a_random_t5_small_trains_partitioned_under_zero3(tmp_path):
     ranks = run_distributed(train_random_t5_small, 2, str(tmp_path))
     for rank in ranks:
