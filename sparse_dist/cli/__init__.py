@@ -3,6 +3,7 @@
     sparse-dist train --config configs/tiny_bert_sst2.yaml      # train (and prune); see sparse-dist train --help
     sparse-dist export --run-dir runs/smp_minilm_sst2           # export a run's latest checkpoint
     sparse-dist report runs/smp_minilm_sst2                     # draw a run's report (PNG and HTML)
+    sparse-dist plan --config configs/pins_t5_large.yaml --world-size 8   # memory per rank, nothing allocated
 
 Each module has ``main(argv, prog) -> exit status``; a subcommand is imported only when it runs, so
 ``--help`` stays quick.
@@ -17,6 +18,7 @@ SUBCOMMANDS = {
     "train": ("sparse_dist.cli.train", "train (and prune) a model described by a YAML config"),
     "export": ("sparse_dist.cli.export", "export a run's latest checkpoint (dense, or compressed)"),
     "report": ("sparse_dist.cli.report", "draw a run's loss, metrics, sparsity and per-layer map (PNG, HTML)"),
+    "plan": ("sparse_dist.cli.plan", "memory per rank of a run (weights, optimizer, pruning state, teacher)"),
 }
 
 
