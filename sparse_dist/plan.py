@@ -111,6 +111,7 @@ def build_meta_model(config: RunConfig, name_or_path: str | None = None, head: s
     naming ``key`` if the model's config cannot be loaded."""
     from transformers import AutoTokenizer
 
+    from sparse_dist.distributed.memory import on_meta_device
     from sparse_dist.models.build import check_model_for_task, load_checkpoint_config, resolve_model_source
     from sparse_dist.models.families import get_family
     from sparse_dist.models.label_words import build_label_word_classifier
@@ -125,7 +126,7 @@ def build_meta_model(config: RunConfig, name_or_path: str | None = None, head: s
     task.type.configure_model(task, hf_config, family.kind)
     label_words = family.label_words and head == "label_words"
     model_class = task.type.model_class(family.kind, label_words)
-    with torch.device("meta"):
+    with on_meta_device():
         pretrained = model_class.from_config(hf_config)
         model = pretrained
         if label_words:
@@ -135,13 +136,17 @@ def build_meta_model(config: RunConfig, name_or_path: str | None = None, head: s
 
 
 def _describe_model(config: RunConfig) -> _Model:
+    from sparse_dist.distributed.memory import on_meta_device
     from sparse_dist.pruning.build import build_pruner
     from sparse_dist.pruning.sites import find_sites
     from sparse_dist.trainer import build_param_groups
 
     model, pretrained, family = build_meta_model(config)
+    blocks: dict[str, int] = {}
+    for site in find_sites(pretrained):  # before the pruner swaps in its masked layers
+        blocks[site.layer] = blocks.get(site.layer, 0) + site.numel
     pruner = build_pruner(config.pruning, pretrained, config.training.max_steps, comm=None)
-    with torch.device("meta"):
+    with on_meta_device():
         pruner.prepare(model)  # learned scores become parameters; SMP freezes everything else
     groups = build_param_groups(model, config.optimizer, config.pruning.score_lr)
     group_of = {id(p): g for g, group in enumerate(groups) for p in group["params"]}
@@ -149,22 +154,11 @@ def _describe_model(config: RunConfig) -> _Model:
     by_id = {id(p): info for (_, p), info in zip(model.named_parameters(), params)}
     grouped = [[by_id[id(p)] for p in group["params"]] for group in groups]
     score_group = next((g for g, group in enumerate(grouped) if any(p.name.endswith(".scores") for p in group)), None)
-    pruned_names = [name for name, _ in pruner.pruned_parameters()] if pruner.sites else []
-    prefix = _prefix_of(model, pretrained)
-    blocks: dict[str, int] = {}
-    for site in find_sites(pretrained):
-        blocks[site.layer] = blocks.get(site.layer, 0) + site.numel
-    return _Model(params=params, groups=grouped, pruned=[prefix + n for n in pruned_names], score_group=score_group,
+    name_of = {id(p): name for name, p in model.named_parameters()}  # the pruner names them inside `pretrained`
+    pruned = [name_of[id(p)] for _, p in pruner.pruned_parameters()] if pruner.sites else []
+    return _Model(params=params, groups=grouped, pruned=pruned, score_group=score_group,
                   statistics=len(getattr(pruner, "statistics", ())), blocks=list(blocks.values()), config=pretrained.config,
                   kind=family.kind)
-
-
-def _prefix_of(model: torch.nn.Module, pretrained: torch.nn.Module) -> str:
-    """The name of ``pretrained`` inside ``model`` with a trailing dot ("" if it is the model)."""
-    for name, module in model.named_modules():
-        if module is pretrained:
-            return f"{name}." if name else ""
-    raise ValueError("the transformers model is not inside the trained module")
 
 
 def _teacher_numels(config: RunConfig) -> list[list[int]]:
