@@ -21,8 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from sparse_dist.config import RunConfig
 from sparse_dist.distributed import zero_layout as zl
 
@@ -90,7 +88,8 @@ class _Model:
     params: list[_Param]
     groups: list[list[_Param]]
     pruned: list[str]
-    """Names of the parameters the pruner's fragments cover (:meth:`~sparse_dist.pruning.pruner.Pruner.pruned_parameters`)."""
+    """Names of the parameters the pruner's fragments cover
+    (:meth:`~sparse_dist.pruning.pruner.Pruner.pruned_parameters`)."""
     score_group: int | None
     statistics: int
     blocks: list[int]
@@ -157,7 +156,8 @@ def _describe_model(config: RunConfig) -> _Model:
     name_of = {id(p): name for name, p in model.named_parameters()}  # the pruner names them inside `pretrained`
     pruned = [name_of[id(p)] for _, p in pruner.pruned_parameters()] if pruner.sites else []
     return _Model(params=params, groups=grouped, pruned=pruned, score_group=score_group,
-                  statistics=len(getattr(pruner, "statistics", ())), blocks=list(blocks.values()), config=pretrained.config,
+                  statistics=len(getattr(pruner, "statistics", ())), blocks=list(blocks.values()),
+                  config=pretrained.config,
                   kind=family.kind)
 
 
@@ -243,7 +243,7 @@ def _count(config: RunConfig, m: _Model, teachers: list[list[int]], world: int, 
                 frozen_working += part
             else:
                 working[p.group] += part
-            if zl.is_persistent(p.numel, persistence):
+            if world > 1 and zl.is_persistent(p.numel, persistence):  # on one rank the partition is the whole
                 persistent["scores" if p.group is not None and p.group == m.score_group else "weights"] += \
                     p.numel * width
         elif p.group is None or not flat_rules:
@@ -277,7 +277,8 @@ def _count(config: RunConfig, m: _Model, teachers: list[list[int]], world: int, 
     else:  # DeepSpeed steps one group at a time and frees its fp32 gradient before the next
         grad_peak = max((grads[g] for g in weight_groups), default=0)
     if stage == 3:
-        score_lp = sum(zl.zero3_partition_numel(p.numel, world) for p in m.groups[m.score_group]) * width if scores else 0
+        score_lp = (sum(zl.zero3_partition_numel(p.numel, world) for p in m.groups[m.score_group]) * width
+                    if scores else 0)
         lp_grad_weights = lp_grad_buffer - score_lp
     else:
         score_lp = lp_grad_weights = 0
@@ -368,7 +369,7 @@ def _tied_output_numel(m: _Model) -> int:
 
 
 def _hidden(config) -> int:
-    return int(getattr(config, "d_model", None) or getattr(config, "hidden_size"))
+    return int(getattr(config, "d_model", None) or config.hidden_size)
 
 
 def _activation_bytes(config: RunConfig, m: _Model, width: int) -> int:

@@ -100,7 +100,7 @@ class GradientProbe:
         flat = getattr(self.engine.optimizer, "grad_partitions_flat_buffer", None)  # ZeRO-3
         if flat is not None:
             tally.seen.add(_storage_key(flat))
-            partitions = getattr(self.engine.optimizer, "_DeepSpeedZeroOptimizer_Stage3__param_id_to_grad_partition")
+            partitions = self.engine.optimizer._DeepSpeedZeroOptimizer_Stage3__param_id_to_grad_partition
             for name, param in self.engine.module.named_parameters():
                 if hasattr(param, "ds_id") and param.ds_id in partitions:
                     category = "score optimizer state" if _is_score(name, param) else "gradients"
@@ -120,7 +120,8 @@ class GradientProbe:
 def measure_allocated(engine, pruner, teachers=()) -> dict[str, int]:
     """Bytes this rank holds now in each of the planner's exact categories but the gradients, which
     :class:`GradientProbe` records (add its ``score optimizer state`` to this one's): ``weights``,
-    ``optimizer state``, ``mask scores``, ``score optimizer state`` (master and moments), ``importance statistics``, ``masks``, ``teacher partition``. Call between steps,
+    ``optimizer state``, ``mask scores``, ``score optimizer state`` (master and moments),
+    ``importance statistics``, ``masks``, ``teacher partition``. Call between steps,
     after at least one (Adam's moments are created by the first)."""
     tally = _Tally()
     module = engine.module
