@@ -106,32 +106,48 @@ class _Model:
 def build_meta_model(config: RunConfig, name_or_path: str | None = None, head: str | None = None,
                      key: str = "model.name_or_path"):
     """``(trained module, transformers model, family)`` of the run's model for its task, built on the meta
-    device: shapes and names are real, no memory is allocated. Raises :class:`~sparse_dist.config.ConfigError`
-    naming ``key`` if the model's config cannot be loaded."""
-    from transformers import AutoTokenizer
+    device: shapes and names are real, no memory is allocated.
+
+    The planner needs shapes only, so a published architecture (:mod:`sparse_dist.models.architectures`:
+    t5-large, t5-11b, bert-large-uncased, ...) is planned from its published config, whatever ``model.init``
+    says: the same shapes as its checkpoint, without asking the hub (offline, that costs a minute of retries).
+    Raises :class:`~sparse_dist.config.ConfigError` naming ``key`` for a model that cannot be found."""
+    from dataclasses import replace
 
     from sparse_dist.distributed.memory import on_meta_device
-    from sparse_dist.models.build import check_model_for_task, load_checkpoint_config, resolve_model_source
+    from sparse_dist.models.build import check_model_for_task, load_model_config, load_tokenizer
     from sparse_dist.models.families import get_family
     from sparse_dist.models.label_words import build_label_word_classifier
     from sparse_dist.tasks import get_task
 
-    name_or_path = name_or_path or config.model.name_or_path
-    head = head or config.model.head
+    model_cfg = replace(config.model, name_or_path=name_or_path or config.model.name_or_path,
+                        head=head or config.model.head)
     task = get_task(config.data.task)
-    hf_config = load_checkpoint_config(name_or_path, key)
+    if _is_published(model_cfg.name_or_path):
+        model_cfg = replace(model_cfg, init="random")  # the checkpoint's shapes, from its published config
+    hf_config = load_model_config(model_cfg, key)
     family = get_family(hf_config.model_type)
-    check_model_for_task(hf_config, task, name_or_path, head, key)
+    check_model_for_task(hf_config, task, model_cfg.name_or_path, model_cfg.head, key)
     task.type.configure_model(task, hf_config, family.kind)
-    label_words = family.label_words and head == "label_words"
+    label_words = family.label_words and model_cfg.head == "label_words"
     model_class = task.type.model_class(family.kind, label_words)
     with on_meta_device():
         pretrained = model_class.from_config(hf_config)
         model = pretrained
         if label_words:
-            tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(name_or_path))
-            model = build_label_word_classifier(pretrained, tokenizer, task, bool(config.model.calibrate_label_words))
+            tokenizer = load_tokenizer(model_cfg, hf_config)
+            model = build_label_word_classifier(pretrained, tokenizer, task, bool(model_cfg.calibrate_label_words))
     return model, pretrained, family
+
+
+def _is_published(name: str) -> bool:
+    from sparse_dist.models.architectures import get_architecture
+
+    try:
+        get_architecture(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _describe_model(config: RunConfig) -> _Model:
@@ -432,10 +448,10 @@ def format_bytes(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def format_plan(plan: MemoryPlan, device_memory_bytes: int | None = None) -> str:
-    """The plan as the table ``sparse-dist plan`` prints."""
+def format_plan(plan: MemoryPlan, device_memory_bytes: int | None = None, why: str = "") -> str:
+    """The plan as the table ``sparse-dist plan`` prints; ``why`` says why this rank is shown."""
     where = "device" if plan.on_gpu else "device (CPU)"
-    rows = [plan.description, f"rank {plan.rank} of {plan.world_size} (the rank with the most device bytes):", "",
+    rows = [plan.description, f"rank {plan.rank} of {plan.world_size}{f' ({why})' if why else ''}:", "",
             f"  {'':<26}{where:>14}{'host':>14}  kind      what"]
     for line in plan.lines:
         rows.append(f"  {line.name:<26}{format_bytes(line.device_bytes):>14}{format_bytes(line.host_bytes):>14}"
@@ -450,6 +466,20 @@ def format_plan(plan: MemoryPlan, device_memory_bytes: int | None = None) -> str
                      f"({format_bytes(abs(device_memory_bytes - plan.device_total()))} "
                      f"{'to spare' if plan.fits(device_memory_bytes) else 'short'})"]
     return "\n".join(rows)
+
+
+def plan_json(plan: MemoryPlan, device_memory_bytes: int) -> str:
+    """The plan as JSON: the run, every line's device and host bytes, the totals and whether it fits."""
+    import json
+
+    return json.dumps({
+        "description": plan.description, "rank": plan.rank, "world_size": plan.world_size, "stage": plan.stage,
+        "precision": plan.precision, "parameters": plan.parameters,
+        "lines": [{"name": line.name, "device_bytes": line.device_bytes, "host_bytes": line.host_bytes,
+                   "kind": line.kind, "note": line.note} for line in plan.lines],
+        "device_bytes_exact": plan.device_total(EXACT), "host_bytes_exact": plan.host_total(EXACT),
+        "device_bytes": plan.device_total(), "host_bytes": plan.host_total(),
+        "device_memory_bytes": device_memory_bytes, "fits": plan.fits(device_memory_bytes)}, indent=1)
 
 
 def parse_memory(text: str) -> int:

@@ -27,13 +27,14 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--device-memory", default="80GB", help="memory of one device (default 80GB; GB = GiB)")
     parser.add_argument("--cpu", action="store_true", help="plan a CPU run (fp32, gloo) instead of GPUs")
     parser.add_argument("--rank", type=int, help="show this rank (default: the one with the most device bytes)")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON (bytes) instead of a table")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value")
     return parser
 
 
 def main(argv: list[str] | None = None, prog: str = "sparse-dist plan") -> int:
     args = build_parser(prog).parse_args(argv)
-    from sparse_dist.plan import format_plan, parse_memory, plan_all_ranks
+    from sparse_dist.plan import format_plan, parse_memory, plan_all_ranks, plan_json
 
     try:
         device_memory = parse_memory(args.device_memory)
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None, prog: str = "sparse-dist plan") -> int:
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2
-    plan = plans[args.rank] if args.rank is not None else max(plans, key=lambda p: (p.device_total(), -p.rank))
-    print(format_plan(plan, device_memory))
+    if args.rank is not None:
+        plan, why = plans[args.rank], ""
+    else:  # ranks differ only by padding and by which fragments they own
+        plan, why = max(plans, key=lambda p: (p.device_total(), -p.rank)), "the rank with the most device bytes"
+    print(plan_json(plan, device_memory) if args.json else format_plan(plan, device_memory, why))
     return 0
