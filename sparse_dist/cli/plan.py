@@ -14,6 +14,7 @@ estimates. See docs/planner.md. A bad config or memory size is one line, exit st
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from sparse_dist.config import ConfigError, load_config
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None, prog: str = "sparse-dist plan") -> int:
         return 2
     try:
         config = load_config(args.config, args.overrides, world_size=args.world_size)
-        plans = plan_all_ranks(config, args.world_size, on_gpu=not args.cpu)
+        with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed's import notes go to stdout; the plan alone does
+            plans = plan_all_ranks(config, args.world_size, on_gpu=not args.cpu)
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2
