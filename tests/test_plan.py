@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 from harness import run_distributed
-from runs import tiny_config
 
+from runs import tiny_config
 from sparse_dist.cli import main as cli_main
 
 TASKS = {"tiny-bert": "sst2", "tiny-t5": "webnlg", "tiny-gpt2": "webnlg"}
