@@ -51,7 +51,7 @@ def markdown(rows: list[dict], offload: bool) -> str:
 
     out = ["| model | GPUs | " + " | ".join(COLUMNS) + " | teacher partition (host) | device, exact | "
            "activations (estimate) | device, with estimates | host | fits in 80 GB |",
-           "|---|--:|" + "--:|" * (len(COLUMNS) + 6) + "---|"]
+           "|---|--:|" + "--:|" * (len(COLUMNS) + 5) + "---|"]
     for row in (r for r in rows if r["offload_optimizer"] == offload):
         out.append(f"| {row['model']} ({row['parameters'] / 1e6:,.0f}M) | {row['gpus']} | "
                    + " | ".join(cell(row, name) for name in COLUMNS)
