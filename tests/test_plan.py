@@ -158,6 +158,17 @@ def test_plan_command_prints_every_line_and_whether_it_fits(tmp_path, capsys):
     assert "does NOT fit in 1.00 MiB" in out
 
 
+def test_every_example_of_the_help_runs(capsys):
+    from sparse_dist.cli import plan
+
+    examples = [line.split("#")[0].split()[2:] for line in plan.__doc__.splitlines()
+                if line.strip().startswith("sparse-dist plan ")]
+    assert len(examples) == 3
+    for example in examples:
+        assert cli_main(["plan", *example]) == 0, example
+        assert "fits in 80.00 GiB" in capsys.readouterr().out
+
+
 def test_plan_help_shows_a_real_example(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["plan", "--help"])

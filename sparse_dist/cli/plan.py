@@ -1,8 +1,8 @@
 """``sparse-dist plan``: the memory each rank of a run needs, from the config alone (nothing is allocated).
 
     sparse-dist plan --config configs/pins_t5_large.yaml --world-size 8                  # 8 GPUs of 80 GB
-    sparse-dist plan --config configs/pins_t5_large.yaml --world-size 64 model.name_or_path=t5-11b
-    sparse-dist plan --config configs/tiny_pins_bert_rte.yaml --world-size 2 --cpu zero.stage=3
+    sparse-dist plan --config configs/pins_t5_large.yaml --world-size 16 model.name_or_path=t5-11b
+    sparse-dist plan --config configs/tiny_pins_bert_rte.yaml --world-size 2 --cpu zero.stage=3  # as on this machine
 
 The model is built on the meta device from its transformers config; DeepSpeed's partitioning rules (ZeRO
 0-3, CPU offload, bf16 on a GPU or fp32 on CPUs) and the pruning method's state give the bytes of weights,
