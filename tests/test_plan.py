@@ -169,6 +169,18 @@ def test_every_example_of_the_help_runs(capsys):
         assert "fits in 80.00 GiB" in capsys.readouterr().out
 
 
+def test_plan_json_is_the_plan_of_the_rank_asked_for(capsys):
+    import json
+
+    status = cli_main(["plan", "--config", "configs/tiny_pins_bert_rte.yaml", "--world-size", "2", "--cpu", "--rank",
+                       "1", "--json", "zero.stage=3"])
+    plan = json.loads(capsys.readouterr().out)  # stdout is the JSON alone
+    assert status == 0 and plan["rank"] == 1 and plan["world_size"] == 2 and plan["fits"] is True
+    exact = [line for line in plan["lines"] if line["kind"] == "exact"]
+    assert [line["name"] for line in exact] == list(EXACT_LINES)
+    assert plan["device_bytes_exact"] == sum(line["device_bytes"] for line in exact)
+
+
 def test_plan_help_shows_a_real_example(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["plan", "--help"])
