@@ -39,7 +39,7 @@ def test_the_command_without_a_subcommand_lists_them(capsys):
     assert cli([]) == 2 and "usage: sparse-dist" in capsys.readouterr().err
     assert cli(["evaluate"]) == 2
     assert capsys.readouterr().err.strip() == ("error: unknown command 'evaluate' "
-                                               "(choose from train, export, eval, report)")
+                                               "(choose from train, export, eval, report, plan)")
 
 
 def test_train_check_rejects_a_bad_key_with_one_line_and_exit_2(tmp_path):

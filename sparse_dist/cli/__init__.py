@@ -4,6 +4,7 @@
     sparse-dist export --run-dir runs/smp_minilm_sst2           # export a run's latest checkpoint
     sparse-dist eval --model runs/smp_minilm_sst2/final/model --config runs/smp_minilm_sst2/config.yaml
     sparse-dist report runs/smp_minilm_sst2                     # draw a run's report (PNG and HTML)
+    sparse-dist plan --config configs/pins_t5_large.yaml --world-size 8   # memory per rank, nothing allocated
 
 Each module has ``main(argv, prog) -> exit status``; a subcommand is imported only when it runs, so
 ``--help`` stays quick.
@@ -19,6 +20,7 @@ SUBCOMMANDS = {
     "export": ("sparse_dist.cli.export", "export a run's latest checkpoint (dense, or compressed)"),
     "eval": ("sparse_dist.cli.eval", "score an exported model (or base model + mask) on its task's dev set"),
     "report": ("sparse_dist.cli.report", "draw a run's loss, metrics, sparsity and per-layer map (PNG, HTML)"),
+    "plan": ("sparse_dist.cli.plan", "memory per rank of a run (weights, optimizer, pruning state, teacher)"),
 }
 
 

@@ -61,6 +61,7 @@ class ImportanceState:
         return self.average * self.uncertainty if 0 < beta2 < 1 else self.average.clone()
 
     def tensors(self) -> dict[str, torch.Tensor]:
+        """The statistics by name (:attr:`ImportancePruner.statistics`)."""
         return {"window": self.window, "average": self.average, "uncertainty": self.uncertainty}
 
 
@@ -80,6 +81,7 @@ class ImportancePruner(Pruner):
     (:meth:`instantaneous_importance`)."""
 
     mask_updates = "window_ends"
+    statistics = ("window", "average", "uncertainty")
     reads_weights_before_step = False
     """Whether the importance reads the weights before the optimizer step (PINS) or after it (PLATON)."""
 
@@ -95,9 +97,12 @@ class ImportancePruner(Pruner):
             self.bias_names = []
         self.pending_step = 1
 
+    def pruned_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return super().pruned_parameters() + [(f"{n}.bias", self.pretrained.get_submodule(n).bias)
+                                              for n in self.bias_names]
+
     def attach(self, engine) -> None:
-        named = [(f"{s.name}.weight", self.pretrained.get_submodule(s.name).weight) for s in self.sites]
-        named += [(f"{n}.bias", self.pretrained.get_submodule(n).bias) for n in self.bias_names]
+        named = self.pruned_parameters()
         frozen = [name for name, param in named if not param.requires_grad]
         if frozen:
             raise ValueError(f"{self.config.method} prunes weights it trains; {frozen[0]} is frozen")
@@ -158,7 +163,7 @@ class ImportancePruner(Pruner):
         return scalars
 
     def fragment_tensors(self) -> dict[str, list[torch.Tensor]]:
-        return {key: [s.tensors()[key] for s in self.states] for key in ("window", "average", "uncertainty")}
+        return {key: [s.tensors()[key] for s in self.states] for key in self.statistics}
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "pending_step": self.pending_step}

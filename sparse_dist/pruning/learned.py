@@ -60,9 +60,11 @@ class LearnedScorePruner(Pruner):
             for name, param in trained.named_parameters():
                 param.requires_grad = trains_with_scores(name, param)
 
+    def pruned_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return [(f"{site.name}.scores", layer.scores) for site, layer in zip(self.sites, self.layers)]
+
     def attach(self, engine) -> None:
-        named = [(f"{site.name}.scores", layer.scores) for site, layer in zip(self.sites, self.layers)]
-        self.fragments = build_fragments(engine, named)
+        self.fragments = build_fragments(engine, self.pruned_parameters())
 
     def start(self) -> None:
         self._update(0)

@@ -22,7 +22,7 @@ class MagnitudePruner(Pruner):
     scopes = ("local", "global")
 
     def attach(self, engine) -> None:
-        named = [(f"{site.name}.weight", self.pretrained.get_submodule(site.name).weight) for site in self.sites]
+        named = self.pruned_parameters()
         frozen = [name for name, param in named if not param.requires_grad]
         if frozen:
             raise ValueError(f"magnitude pruning trains the weights it prunes; {frozen[0]} is frozen")

@@ -51,6 +51,9 @@ class Pruner:
     freezes_weights = False
     """Whether only mask scores train, every pretrained weight and the head staying as they are (SMP): the
     head is then the frozen label-word head, and the mask alone, with the base model, is the pruned model."""
+    statistics = ()
+    """Names of the fp32 tensors the method keeps per element of each fragment besides its mask (PLATON and
+    PINS: their importance statistics); the memory planner (:mod:`sparse_dist.plan`) counts them."""
 
     def __init__(self, config: PruningConfig, pretrained: torch.nn.Module, sites: Sequence[Site], total_steps: int,
                  comm: Communicator):
@@ -83,6 +86,11 @@ class Pruner:
     def attach(self, engine) -> None:
         """Find this rank's fragments once the engine (and its optimizer) exists."""
         raise NotImplementedError
+
+    def pruned_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """The named parameters whose fragments carry the pruning state (masks, statistics), in selection order:
+        the sites' weights, unless the method says otherwise. Valid after :meth:`prepare`."""
+        return [(f"{site.name}.weight", self.pretrained.get_submodule(site.name).weight) for site in self.sites]
 
     def start(self) -> None:
         """Masks for the first forward pass of a fresh run."""
