@@ -13,6 +13,7 @@ model.name_or_path=M training.global_batch_size=256 zero.offload_optimizer=B``. 
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -62,12 +63,15 @@ def markdown(rows: list[dict], offload: bool) -> str:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where planner_table.{json,md} go")
+    results = parser.parse_args().results_dir
     rows = [plan_row(model, gpus, offload) for offload in (True, False) for model in MODELS for gpus in GPUS]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "planner_table.json").write_text(json.dumps({"provenance": provenance(), "rows": rows}, indent=1))
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "planner_table.json").write_text(json.dumps({"provenance": provenance(), "rows": rows}, indent=1))
     tables = [f"zero.offload_optimizer={str(offload).lower()}\n\n{markdown(rows, offload)}"
               for offload in (True, False)]
-    (RESULTS / "planner_table.md").write_text("\n\n".join(tables) + "\n")
+    (results / "planner_table.md").write_text("\n\n".join(tables) + "\n")
     print("\n\n".join(tables))
 
 
