@@ -1,6 +1,7 @@
 """What self-regularization costs: no teacher, the reference design, and sparse_dist's offloaded teacher.
 
-    python benchmarks/teacher_benchmark.py                 # MiniLM, SST-2, batch 32, 1 and 2 ranks (~4 min)
+    python benchmarks/teacher_benchmark.py                 # MiniLM, SST-2, batch 32, 1 and 2 ranks (~5 min)
+    python benchmarks/teacher_benchmark.py --world-sizes 2 --out teacher_benchmark_2ranks
 
 The same PINS run (all-MiniLM-L6-v2 on SST-2, global batch 32, ZeRO-2 student) three ways:
 
@@ -12,9 +13,13 @@ The same PINS run (all-MiniLM-L6-v2 on SST-2, global batch 32, ZeRO-2 student) t
 
 Per rank: teacher bytes kept on the compute device between steps, the largest amount of teacher
 parameters materialised on the compute device at once during a teacher forward (measured with forward
-hooks), teacher bytes kept in host memory, the process's peak resident memory, and the median step time.
+hooks), teacher bytes kept in host memory, the process's peak resident memory, and the median step time;
+for the offloaded teacher also what one step's teacher forward sends across ranks, counted in an extra,
+untimed forward (:class:`~sparse_dist.distributed.comm_count.CollectiveCounter`): collectives, bytes of
+their result buffers, and the largest such buffer.
 On this CPU-only machine the compute device and the host are the same memory; the split says where each
-byte would be on a GPU machine. Writes ``benchmarks/results/teacher_benchmark.json`` and ``.png``.
+byte would be on a GPU machine. Writes ``benchmarks/results/<out>.json`` and ``.png`` (``--out``, default
+``teacher_benchmark``).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import torch.distributed as dist
 from provenance import provenance
 
 from sparse_dist.config import load_config
+from sparse_dist.distributed.comm_count import CollectiveCounter
 from sparse_dist.distributed.gather import track_gathered_peak
 from sparse_dist.distributed.spawn import run_distributed
 
@@ -102,6 +108,11 @@ def run(design: str, steps: int, run_dir: str) -> dict:
         trainer.train_step([next(batches) for _ in range(config.grad_accum_steps)])
         trainer.step += 1
         times.append(time.perf_counter() - start)
+    counted = CollectiveCounter()
+    if design == "sparse_dist":  # untimed: the counter sees every operator of the forward
+        for _ in range(config.grad_accum_steps):
+            with counted:
+                teacher.outputs(next(batches))
     model_bytes = sum(int(getattr(p, "ds_numel", p.numel())) * 4 for p in trainer.built.model.parameters())
     largest_layer = max(sum(p.numel() * 4 for p in block.parameters())
                         for block in trainer.built.model.bert.encoder.layer)
@@ -114,6 +125,8 @@ def run(design: str, steps: int, run_dir: str) -> dict:
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "rss_growth_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before,
         "model_bytes": model_bytes, "largest_layer_bytes": largest_layer,
+        "teacher_collectives_per_step": counted.calls, "teacher_collective_bytes_per_step": counted.bytes,
+        "teacher_largest_collective_bytes": counted.largest_bytes, "teacher_collectives_by_op": dict(counted.by_op),
     }
 
 
@@ -121,23 +134,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--world-sizes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--out", default="teacher_benchmark", help="name of the JSON and PNG under results/")
     parser.add_argument("--replot", action="store_true", help="redraw the plot from the saved JSON and exit")
     args = parser.parse_args()
     if args.replot:
-        plot(json.loads((RESULTS / "teacher_benchmark.json").read_text())["results"], RESULTS / "teacher_benchmark.png")
+        plot(json.loads((RESULTS / f"{args.out}.json").read_text())["results"], RESULTS / f"{args.out}.png")
         return
     rows = []
     for world_size in args.world_sizes:
         for design in DESIGNS:
             ranks = run_distributed(run, world_size, design, args.steps, f"/tmp/teacher_bench_{design}_{world_size}")
             row = {"world_size": world_size, "design": design,
-                   **{key: max(r[key] for r in ranks) for key in ranks[0]}}
+                   **{key: max(r[key] for r in ranks) for key in ranks[0] if key != "teacher_collectives_by_op"},
+                   "teacher_collectives_by_op": ranks[0]["teacher_collectives_by_op"]}
             rows.append(row)
             mib = {k: row[k] / 2**20 for k in ("teacher_device_bytes", "teacher_device_peak_bytes",
                                                "teacher_host_bytes")}
             print(f"{world_size} rank(s) {design:<12} step {row['step_time_s'] * 1e3:7.1f} ms  teacher on device "
                   f"{mib['teacher_device_bytes']:6.1f} MiB (peak {mib['teacher_device_peak_bytes']:6.1f})  in host "
-                  f"{mib['teacher_host_bytes']:6.1f} MiB  peak RSS {row['peak_rss_bytes'] / 2**30:.2f} GiB", flush=True)
+                  f"{mib['teacher_host_bytes']:6.1f} MiB  peak RSS {row['peak_rss_bytes'] / 2**30:.2f} GiB  "
+                  f"{row['teacher_collectives_per_step']} collectives/step, "
+                  f"{row['teacher_collective_bytes_per_step'] / 2**20:.1f} MiB", flush=True)
     for row in rows:
         base = next(r for r in rows if r["world_size"] == row["world_size"] and r["design"] == "none")
         row["step_time_vs_none"] = row["step_time_s"] / base["step_time_s"]
@@ -146,9 +163,9 @@ def main() -> None:
     report = {**provenance(),
               "model": "sentence-transformers/all-MiniLM-L6-v2", "global_batch": 32, "results": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "teacher_benchmark.json").write_text(json.dumps(report, indent=1))
-    plot(rows, RESULTS / "teacher_benchmark.png")
-    print(f"wrote {RESULTS / 'teacher_benchmark.json'} and teacher_benchmark.png")
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(report, indent=1))
+    plot(rows, RESULTS / f"{args.out}.png")
+    print(f"wrote {RESULTS / args.out}.json and .png")
 
 
 def plot(rows: list[dict], path: Path) -> None:
