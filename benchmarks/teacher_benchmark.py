@@ -15,9 +15,10 @@ The same PINS run (all-MiniLM-L6-v2 on SST-2, global batch 32, ZeRO-2 student) w
 
 Each run alternates steps with and without its teacher (with, without, without, with, ...), so that the
 ratio of their median step times is measured side by side, under the same load; on a shared machine the
-load moves between runs. Per rank: teacher bytes kept on the compute device between steps, the most
-teacher parameters materialised on the device at once during a forward (forward hooks), for block
-fetching also the most gathered bytes alive at once with the all-gather buffers in flight, teacher bytes in
+load moves between runs. Then the teacher's forward alone is timed against a no-grad forward of the
+student's model on the same batches, alternating: the teacher's cost beyond a forward's arithmetic.
+Per rank: teacher bytes kept on the compute device between steps, the most teacher parameters
+materialised on the device at once during a forward (forward hooks), for block fetching also the most gathered bytes alive at once with the all-gather buffers in flight, teacher bytes in
 host memory, the process's peak resident memory; and what one teacher forward sends across ranks, counted
 in an extra, untimed forward (:class:`~sparse_dist.distributed.comm_count.CollectiveCounter`):
 collectives, bytes of their result buffers, the largest such buffer. On this CPU-only machine the compute
@@ -48,6 +49,8 @@ from sparse_dist.distributed.spawn import run_distributed
 RESULTS = Path(__file__).resolve().parent / "results"
 DESIGNS = ("reference", "module", "block")
 WARMUP_STEPS = 4
+FORWARDS = 4
+"""Timed pairs of forwards (teacher, student's model) after the steps, in alternating order, times two."""
 
 
 class ReferenceTeacher:
@@ -119,6 +122,23 @@ def run(design: str, steps: int, run_dir: str) -> dict:
         trainer.step += 1
         if index >= WARMUP_STEPS:
             times[with_teacher].append(time.perf_counter() - start)
+    # The teacher's forward alone, alternating with a no-grad forward of the student's model on the same
+    # batch: what the teacher costs beyond the arithmetic of a forward, side by side.
+    forwards = {"teacher": [], "student": []}
+    student = trainer.engine.module
+    student.eval()
+    for index in range(2 * FORWARDS):
+        batch = next(batches)
+        for name in ("teacher", "student") if index % 2 else ("student", "teacher"):
+            dist.barrier()
+            start = time.perf_counter()
+            with torch.no_grad():
+                if name == "teacher":
+                    teacher.outputs(batch)
+                else:
+                    student(**{k: v for k, v in batch.items() if k != "idx"})
+            forwards[name].append(time.perf_counter() - start)
+    student.train()
     counted = CollectiveCounter()
     for _ in range(config.grad_accum_steps):  # untimed: the counter sees every operator of the forward
         with counted:
@@ -130,6 +150,8 @@ def run(design: str, steps: int, run_dir: str) -> dict:
     return {
         "step_time_s": statistics.median(times[True]),
         "step_time_without_teacher_s": statistics.median(times[False]),
+        "teacher_forward_s": statistics.median(forwards["teacher"]),
+        "student_forward_s": statistics.median(forwards["student"]),
         "teacher_device_bytes": teacher.device_bytes() if design == "reference" else 0,
         "teacher_device_peak_bytes": peak["bytes"],
         "teacher_device_peak_with_buffers_bytes": fetcher.stats.peak_live_bytes if fetcher else peak["bytes"],
@@ -161,11 +183,14 @@ def main() -> None:
                    **{key: max(r[key] for r in ranks) for key in ranks[0] if key != "teacher_collectives_by_op"},
                    "teacher_collectives_by_op": ranks[0]["teacher_collectives_by_op"]}
             row["step_time_vs_none"] = row["step_time_s"] / row["step_time_without_teacher_s"]
+            row["teacher_forward_vs_student_forward"] = row["teacher_forward_s"] / row["student_forward_s"]
             row["host_share_of_model"] = row["teacher_host_bytes"] / row["model_bytes"]
             row["device_peak_vs_largest_layer"] = row["teacher_device_peak_bytes"] / row["largest_layer_bytes"]
             rows.append(row)
             print(f"{world_size} rank(s) {design:<9} step {row['step_time_s'] * 1e3:7.1f} ms, without teacher "
-                  f"{row['step_time_without_teacher_s'] * 1e3:7.1f} ms: {row['step_time_vs_none']:.3f}x  "
+                  f"{row['step_time_without_teacher_s'] * 1e3:7.1f} ms: {row['step_time_vs_none']:.3f}x; "
+                  f"teacher forward "
+                  f"{row['teacher_forward_s'] * 1e3:6.1f} ms, student's {row['student_forward_s'] * 1e3:6.1f} ms  "
                   f"device peak {row['teacher_device_peak_bytes'] / 2**20:6.1f} MiB "
                   f"({row['teacher_device_peak_with_buffers_bytes'] / 2**20:.1f} with buffers)  "
                   f"host {row['teacher_host_bytes'] / 2**20:6.1f} MiB  "
