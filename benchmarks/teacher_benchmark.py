@@ -19,9 +19,9 @@ load moves between runs. Then the teacher's forward alone is timed against a no-
 student's model on the same batches, alternating: the teacher's cost beyond a forward's arithmetic.
 Per rank: teacher bytes kept on the compute device between steps, the most teacher parameters
 materialised on the device at once during a forward (forward hooks), for block fetching also the most
-gathered bytes alive at once with the all-gather buffers in flight, teacher bytes in host memory, the process's peak resident memory; and what one teacher forward sends across ranks, counted
-in an extra, untimed forward (:class:`~sparse_dist.distributed.comm_count.CollectiveCounter`):
-collectives, bytes of their result buffers, the largest such buffer. On this CPU-only machine the compute
+gathered bytes alive at once with the all-gather buffers in flight, teacher bytes in host memory, the
+process's peak resident memory; and what one teacher forward sends across ranks, counted in an extra,
+untimed forward (:class:`~sparse_dist.distributed.comm_count.CollectiveCounter`): collectives, bytes of their result buffers, the largest such buffer. On this CPU-only machine the compute
 device and the host are the same memory; the split says where each byte would be on a GPU machine.
 Writes ``benchmarks/results/<out>.json`` and ``.png`` (``--out``, default ``teacher_benchmark``).
 """
