@@ -21,8 +21,9 @@ Per rank: teacher bytes kept on the compute device between steps, the most teach
 materialised on the device at once during a forward (forward hooks), for block fetching also the most
 gathered bytes alive at once with the all-gather buffers in flight, teacher bytes in host memory, the
 process's peak resident memory; and what one teacher forward sends across ranks, counted in an extra,
-untimed forward (:class:`~sparse_dist.distributed.comm_count.CollectiveCounter`): collectives, bytes of their result buffers, the largest such buffer. On this CPU-only machine the compute
-device and the host are the same memory; the split says where each byte would be on a GPU machine.
+untimed forward (:class:`~sparse_dist.distributed.comm_count.CollectiveCounter`): collectives, bytes of
+their result buffers, the largest such buffer. On this CPU-only machine the compute device and the host
+are the same memory; the split says where each byte would be on a GPU machine.
 Writes ``benchmarks/results/<out>.json`` and ``.png`` (``--out``, default ``teacher_benchmark``).
 """
 
