@@ -185,7 +185,8 @@ def apply_block_fetch(model: torch.nn.Module, blocks: list[torch.nn.Module] | No
     at a time with the next block prefetched, in place of DeepSpeed's per-module fetching; return the
     fetcher, whose ``stats`` count what it gathers. ``blocks`` defaults to :func:`find_blocks`. Call after
     ``deepspeed.initialize`` and after switching modules to partition reads. All ranks call, and then every
-    forward is collective (the same blocks run in the same order on every rank). Stage 3 only."""
+    forward is collective (the same blocks run in the same order on every rank). Stage 3 only: raises
+    ValueError for a model with no ZeRO-3 partitioned parameter."""
     if not any(hasattr(p, "ds_id") for p in model.parameters()):
         raise ValueError("block fetching needs a ZeRO-3 partitioned model")
     return BlockFetcher(model, find_blocks(model) if blocks is None else blocks)
