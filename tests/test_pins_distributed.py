@@ -222,11 +222,9 @@ def test_offloaded_teacher_gives_the_students_logits_bit_for_bit(model, task, st
         assert result["equal"]
         # Each rank keeps its partition only: 1/world_size of a model copy (plus partition padding).
         assert result["host_bytes"] <= result["model_bytes"] / world_size * 1.05 + 4096
-        # On the device: one module at a time; embedding tables are read from the partitions, never
-        # gathered. BERT: never more than one encoder layer. T5's tied LM head still gathers its table.
-        assert 0 < result["device_peak"]
-        if model == "tiny-bert":
-            assert result["device_peak"] <= result["largest_block"], result["peak_names"]
+        # On the device: a block at a time; embedding tables are read from the partitions and T5's tied LM
+        # head computes vocabulary slices from them: never more parameters than one block made whole.
+        assert 0 < result["device_peak"] <= result["largest_block"], result["peak_names"]
 
 
 @pytest.mark.slow

@@ -1,13 +1,16 @@
 """Teachers: a frozen model whose logits the student is distilled towards.
 
 :class:`OffloadedTeacher` is a second copy of the model held the ZeRO-3 way whatever the student's ZeRO
-stage: each rank keeps only its partition of every parameter, in CPU memory (pinned on a GPU machine),
-and DeepSpeed brings one module's parameters at a time to the compute device for the no-grad forward
-(parameter offload, no prefetch, nothing kept resident). Embedding tables are not brought over at all:
-their rows are read from the partitions where they lie (:mod:`sparse_dist.distributed.partition_lookup`).
-Per rank that is ``1/world_size`` of a model in host memory and at most one layer in accelerator memory
-(a tied LM head, as in T5, still gathers its table), where the reference design of self-regularization
-keeps two extra full copies on the accelerator.
+stage: each rank keeps only its partition of every parameter, in CPU memory (pinned on a GPU machine).
+Its no-grad forward brings the parameters to the compute device a transformer block at a time, each
+block in one all-gather issued while the previous block computes
+(:mod:`sparse_dist.distributed.block_fetch`). Nothing larger than a block is ever gathered: embedding
+tables are read from the partitions where they lie (:mod:`sparse_dist.distributed.partition_lookup`), and
+an LM head, whose weight is a vocabulary table (tied to the embeddings in T5), computes each rank's
+vocabulary slice of the logits from its own partition (:mod:`sparse_dist.distributed.vocab_parallel`).
+Per rank that is ``1/world_size`` of a model in host memory and, in accelerator memory, at most two
+blocks' worth of parameters (the block computing and the next one arriving), where the reference design
+of self-regularization keeps two extra full copies on the accelerator.
 
 Refreshing it from the student copies, for every parameter, the range of elements this rank's teacher
 partition holds, taken from the student's working copy on the same rank: a local copy, no gather. (Under
@@ -27,16 +30,20 @@ import deepspeed
 import torch
 
 from sparse_dist.distributed.bitmask import PackedMask
+from sparse_dist.distributed.block_fetch import apply_block_fetch, block_bytes, find_blocks
 from sparse_dist.distributed.comm import Communicator
 from sparse_dist.distributed.masking import gather_full_mask
 from sparse_dist.distributed.partition_lookup import apply_partition_lookup
+from sparse_dist.distributed.vocab_parallel import apply_vocab_parallel_head
 from sparse_dist.pruning.masked_linear import MaskedLinear
 
 log = logging.getLogger(__name__)
 
 
 def teacher_deepspeed_config(student_config: dict, on_gpu: bool) -> dict:
-    """ZeRO-3 inference with every parameter offloaded to CPU and fetched one module at a time."""
+    """ZeRO-3 inference with every parameter offloaded to CPU. DeepSpeed's own fetching (one module at a
+    time, no prefetch, nothing resident) is what ``fetch="module"`` keeps; ``fetch="block"`` replaces it
+    once the engine exists (:class:`OffloadedTeacher`)."""
     return {
         "train_micro_batch_size_per_gpu": student_config["train_micro_batch_size_per_gpu"],
         "gradient_accumulation_steps": 1,
@@ -59,8 +66,17 @@ def teacher_deepspeed_config(student_config: dict, on_gpu: bool) -> dict:
 class OffloadedTeacher:
     """A frozen model partitioned over ranks in CPU memory. :meth:`logits` and :meth:`copy_from` are collective."""
 
-    def __init__(self, build, student_config: dict, on_gpu: bool):
-        """``build(ds_config)`` returns the :class:`~sparse_dist.models.build.BuiltModel` of the teacher."""
+    FETCHES = ("block", "module")
+    """How the forward brings parameters to the device: ``block``, a transformer block per all-gather with the
+    next one prefetched, an LM head vocabulary-parallel (at most two blocks on the device); ``module``,
+    DeepSpeed's own fetching, a module per all-gather, nothing prefetched, an LM head's table gathered whole
+    (at most the largest module: the lower device peak, at the cost of a collective per module)."""
+
+    def __init__(self, build, student_config: dict, on_gpu: bool, fetch: str = "block"):
+        """``build(ds_config)`` returns the :class:`~sparse_dist.models.build.BuiltModel` of the teacher;
+        ``fetch`` is one of :attr:`FETCHES`."""
+        if fetch not in self.FETCHES:
+            raise ValueError(f"teacher fetch: expected one of {', '.join(self.FETCHES)}, got {fetch!r}")
         self.ds_config = teacher_deepspeed_config(student_config, on_gpu)
         from transformers.integrations.deepspeed import _hf_deepspeed_config_weak_ref  # the student's, if any
 
@@ -70,7 +86,13 @@ class OffloadedTeacher:
         self.engine.eval()
         for param in self.engine.module.parameters():
             param.requires_grad = False
-        apply_partition_lookup(self.engine.module)  # embedding tables are read in place, never gathered
+        model = self.engine.module
+        apply_partition_lookup(model)  # embedding tables are read in place, never gathered
+        self.fetcher = None
+        if fetch == "block":
+            blocks = find_blocks(model)
+            apply_vocab_parallel_head(model, max(map(block_bytes, blocks), default=0))  # nor is an LM head's
+            self.fetcher = apply_block_fetch(model, blocks)  # the rest a block at a time, the next prefetched
         if student_integration is not None:  # give transformers back the student's ZeRO-3 integration
             from transformers.integrations.deepspeed import set_hf_deepspeed_config
 
