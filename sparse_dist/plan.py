@@ -8,7 +8,7 @@ the parameters as the trainer does, and counts what each rank allocates by DeepS
 - exact (checked against real engines by ``tests/test_plan.py``): weights, gradients the optimizer reads,
   optimizer state (fp32 master and Adam moments), mask scores and their optimizer state, importance
   statistics, packed masks and the teacher's CPU partition;
-- estimated: gradient reduction buckets, ZeRO-3's gathered parameters, the teacher's gathered module and
+- estimated: gradient reduction buckets, ZeRO-3's gathered parameters, the teacher's gathered blocks and
   activations (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models",
   eq. 1: ``s b h (34 + 5 a s / h)`` bytes per layer at 16 bits).
 
@@ -348,9 +348,10 @@ def _count(config: RunConfig, m: _Model, teachers: list[list[int]], world: int, 
         add(PlanLine("gathered parameters", 2 * largest * width, 0, ESTIMATE,
                      "ZeRO-3: the largest block in use and the next one prefetched"))
     if teachers:
-        tied = _tied_output_numel(m)
-        add(PlanLine("teacher gathered module", max([*layer_numels, tied]) * width, 0, ESTIMATE,
-                     "one block at a time" + (" (a tied LM head gathers its table)" if tied else "")))
+        # sparse_dist/distributed/block_fetch.py: one block whole, the next one's all-gather in flight; the LM
+        # head is computed vocabulary-parallel (sparse_dist/distributed/vocab_parallel.py), never gathered.
+        add(PlanLine("teacher gathered blocks", 2 * max(layer_numels, default=0) * width, 0, ESTIMATE,
+                     "one block whole and the next one in flight"))
     add(PlanLine("activations", _activation_bytes(config, m, width), 0, ESTIMATE,
                  "Korthikanti et al. 2022 eq. 1, per micro-batch" +
                  (", checkpointed" if config.model.gradient_checkpointing else "")))
@@ -375,13 +376,6 @@ def _buckets(config, m: _Model, world, width, stage, template, optimizer_on_host
         extra = 0
     return PlanLine("gradient buckets", bucket + extra, 0, ESTIMATE,
                     "reduce bucket" + (" and accumulated gradients" if extra else ""))
-
-
-def _tied_output_numel(m: _Model) -> int:
-    config = m.config
-    if not getattr(config, "tie_word_embeddings", False) or m.kind == "encoder":
-        return 0
-    return int(config.vocab_size) * int(_hidden(config))
 
 
 def _hidden(config) -> int:
