@@ -93,8 +93,9 @@ def candidates(directory: Path) -> list[Path]:
 def run_signature(config: RunConfig, precision: str, sites: list[str] | None = None,
                   calibrated: bool | None = None) -> dict[str, Any]:
     """What a checkpoint of this run holds, keyed by the config keys that decide it: the model and its
-    head, the task, the ZeRO stage and precision (the layout of DeepSpeed's state), the pruning method and
-    what it prunes (scores, statistics and masks), the self-regularization teacher. ``sites``, the names
+    head (and ``model.init`` when it is random), the task, the ZeRO stage and precision (the layout of
+    DeepSpeed's state), the pruning method and what it prunes (scores, statistics and masks), the
+    self-regularization teacher. ``sites``, the names
     and shapes the pruning state is laid out over, and ``calibrated``, whether the label-word head has its
     two calibration scalars, are added once the model is built; before that ``model.calibrate_label_words``
     stands for it. Only a calibrated head is recorded (null and false are both off, and a checkpoint from
@@ -111,6 +112,8 @@ def run_signature(config: RunConfig, precision: str, sites: list[str] | None = N
     calibrate = config.model.calibrate_label_words if calibrated is None else calibrated
     if config.model.head == "label_words" and calibrate:
         signature["model.calibrate_label_words"] = True
+    if config.model.init != "pretrained":  # recorded only when random, so every earlier run keeps its signature
+        signature["model.init"] = config.model.init
     if sites is not None:
         signature["pruning sites"] = hashlib.sha256("\n".join(sites).encode()).hexdigest()[:16]
     return signature

@@ -51,6 +51,12 @@ class ModelConfig:
 
     name_or_path: str = "bert-base-uncased"
     """Hub name, local directory, or a tiny test model name (tiny-bert, tiny-roberta, tiny-t5)."""
+    init: Literal["pretrained", "random"] = "pretrained"
+    """pretrained: load name_or_path's weights (not found is an error). random: build name_or_path's published
+    architecture (sparse_dist/models/architectures.py) with random weights, for measurements at real sizes."""
+    tokenizer: str | None = None
+    """init=random only: tokenizer to read text with (hub name, directory or tiny model name); null: the tiny
+    tokenizer of the architecture's family (docs/architectures.md)."""
     dropout: float | None = None
     """Override every dropout probability of the model (None keeps the checkpoint's values)."""
     gradient_checkpointing: bool = False
@@ -456,6 +462,9 @@ def validate(config: RunConfig) -> None:
     _require(config.model.calibrate_label_words is None or config.model.head == "label_words",
              "model.calibrate_label_words", f"calibrates the label-word head only, and model.head is "
              f"{config.model.head!r}; leave it unset", config.model.calibrate_label_words)
+    _require(config.model.tokenizer is None or config.model.init == "random", "model.tokenizer",
+             "chooses the tokenizer of a random model only (model.init=random); a pretrained checkpoint reads "
+             "with its own; leave it unset", config.model.tokenizer)
     k = config.distill
     _require(k.alpha_ce >= 0 and k.alpha_kd >= 0, "distill.alpha_kd", "weights must be >= 0", (k.alpha_ce, k.alpha_kd))
     _require(k.temperature > 0, "distill.temperature", "must be > 0", k.temperature)

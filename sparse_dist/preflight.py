@@ -6,7 +6,10 @@ process group: each problem it can see is a :class:`ConfigError` of one line nam
 checkpoint manifests, never weights or whole datasets but CoNLL-2003's (under a second):
 
 - a precision this machine lacks (``training.precision``);
-- a model or teacher that cannot be found (offline and not cached), or cannot serve the task: an encoder
+- a model or teacher that cannot be found (offline and not cached; ``model.init: pretrained`` never falls
+  back to random weights), a ``model.init: random`` name with no published architecture, a random model's
+  tokenizer that cannot be loaded or whose ids do not fit (``model.tokenizer``), or a model that cannot serve
+  the task: an encoder
   for a generation task or a text-to-text model for NER, a classifier fine-tuned on other classes or other
   labels, label words that are not single tokens, a label-word calibration asked of a family without a
   masked-LM head (T5), a teacher of another kind or vocabulary than the student (``model.name_or_path``,
@@ -32,12 +35,11 @@ from sparse_dist.tasks import get_task
 
 def check_run(config: RunConfig) -> None:
     """Raise :class:`ConfigError` for the first problem found (see the module docstring). No process group."""
-    from transformers import AutoTokenizer
-
     from sparse_dist.models.build import (
         check_model_for_task,
         load_checkpoint_config,
-        resolve_model_source,
+        load_model_config,
+        load_tokenizer,
         teacher_head,
     )
     from sparse_dist.models.families import get_family
@@ -47,13 +49,13 @@ def check_run(config: RunConfig) -> None:
     signature = config_signature(config)
 
     model = config.model
-    student = load_checkpoint_config(model.name_or_path)
+    student = load_model_config(model)
     check_model_for_task(student, task, model.name_or_path, model.head)
     family = get_family(student.model_type)
     check_calibration(family, model.calibrate_label_words, model.name_or_path)
     reads_label_words = family.label_words and model.head == "label_words"
     if family.absolute_positions or reads_label_words:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(model.name_or_path))
+        tokenizer = load_tokenizer(model, student)
     if family.absolute_positions:
         limit = tokenizer.model_max_length  # absolute positions: longer inputs fail at their first batch
         if limit < 1_000_000 and config.data.max_seq_length > limit:  # (a huge value means "not recorded")

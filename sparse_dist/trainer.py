@@ -245,7 +245,7 @@ class Trainer:
             summary = {"steps": self.step, "max_steps": self.config.training.max_steps,
                        "signature": self.checkpointer.signature, "final": self.result.final_metrics,
                        "best": self.result.best_metric, "sparsity": self.result.sparsity, "evals": evals,
-                       "warnings": list(self.built.warnings)}
+                       "model.init": self.config.model.init, "warnings": list(self.built.warnings)}
             (self.run_dir / COMPLETED).write_text(json.dumps(summary, indent=1))
 
     def _withdraw_completion_marker(self) -> None:

@@ -20,6 +20,8 @@ def build_distiller(config: DistillConfig, model_cfg: ModelConfig, task: TaskSpe
 
     def offloaded(name_or_path: str, head: str, key: str) -> OffloadedTeacher:
         teacher_cfg = replace(model_cfg, name_or_path=name_or_path, head=head, gradient_checkpointing=False)
+        if key == "distill.teacher":  # an external teacher is always a trained checkpoint, whatever the student's init
+            teacher_cfg = replace(teacher_cfg, init="pretrained", tokenizer=None)
         return OffloadedTeacher(lambda ds: build_model(teacher_cfg, task, ds, seed, key=key), ds_config, env.on_gpu)
 
     external = None

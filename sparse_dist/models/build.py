@@ -3,9 +3,13 @@
 The checkpoint's family (:mod:`sparse_dist.models.families`) gives the interface; the task's type
 (:mod:`sparse_dist.tasks`) gives the ``AutoModelFor*`` class, the head's config and the label order.
 
-Models always come through ``from_pretrained``. Under ZeRO-3 transformers' DeepSpeed integration is
-switched on first (:class:`HfDeepSpeedConfig`), so the model is constructed already partitioned
-(``deepspeed.zero.Init``): no rank ever holds the whole model, which is what lets t5-large and larger
+Models come through ``from_pretrained``, or, when ``model.init: random`` asks for it, through
+``from_config`` with the published architecture of ``model.name_or_path``
+(:mod:`sparse_dist.models.architectures`) and random weights; such a run says so in its log, its
+summary, its COMPLETED record and its checkpoint signature. A pretrained checkpoint that cannot be found
+is an error, never a random model. Under ZeRO-3 transformers' DeepSpeed integration is switched on first
+(:class:`HfDeepSpeedConfig`), so the model is constructed already partitioned (``deepspeed.zero.Init``,
+either way of building): no rank ever holds the whole model, which is what lets t5-large and larger
 fit. The integration object must outlive the model (transformers keeps only a weak reference and
 consults it again, e.g. in ``generate``), so it is kept on :class:`BuiltModel`.
 """
@@ -31,6 +35,7 @@ from transformers import logging as hf_logging
 
 from sparse_dist.config import ConfigError, ModelConfig
 from sparse_dist.data.encode import ModelKind
+from sparse_dist.models.architectures import Architecture, get_architecture
 from sparse_dist.models.families import ModelFamily, get_family
 from sparse_dist.models.label_order import apply_label_order, checkpoint_labels
 from sparse_dist.models.label_words import (
@@ -57,7 +62,7 @@ class BuiltModel:
     family: ModelFamily
     """The model's family (:mod:`sparse_dist.models.families`)."""
     source: str
-    """Directory or hub name the weights were loaded from."""
+    """Directory or hub name the weights were loaded from (``model.init: random``: the architecture's name)."""
     zero3_integration: Any = None
     """Keeps transformers' ZeRO-3 integration alive for the model's lifetime (None below ZeRO-3)."""
     pretrained: PreTrainedModel | None = None
@@ -97,7 +102,76 @@ def load_checkpoint_config(name_or_path: str, key: str = "model.name_or_path") -
         return AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as error:
         first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
-        raise ConfigError(f"{key}: cannot load {name_or_path!r}: {first}") from None
+        hint = ""
+        if key == "model.name_or_path" and _known_architecture(name_or_path):
+            hint = (" (model.init=random builds its published architecture with random weights, if that is what "
+                    "you want)")
+        raise ConfigError(f"{key}: cannot load {name_or_path!r}: {first}{hint}") from None
+
+
+def _known_architecture(name: str) -> Architecture | None:
+    try:
+        return get_architecture(name)
+    except ValueError:
+        return None
+
+
+def random_architecture(name_or_path: str, key: str = "model.name_or_path") -> Architecture:
+    """The published architecture ``model.init: random`` builds for ``name_or_path``. Raises
+    :class:`ConfigError` naming ``key`` and listing the known names when there is none."""
+    try:
+        return get_architecture(name_or_path)
+    except ValueError as error:
+        raise ConfigError(f"{key}: model.init=random: {error}") from None
+
+
+def load_model_config(model_cfg: ModelConfig, key: str = "model.name_or_path") -> PretrainedConfig:
+    """The transformers config of the model ``model_cfg`` asks for: the checkpoint's (``init: pretrained``)
+    or its published architecture's (``init: random``). No weights. Raises :class:`ConfigError` naming ``key``."""
+    if model_cfg.init == "random":
+        return random_architecture(model_cfg.name_or_path, key).config()
+    return load_checkpoint_config(model_cfg.name_or_path, key)
+
+
+def load_tokenizer(model_cfg: ModelConfig, config: PretrainedConfig) -> PreTrainedTokenizerBase:
+    """The tokenizer of the model ``model_cfg`` asks for, whose ``config`` is :func:`load_model_config`'s.
+
+    A pretrained checkpoint reads with its own. A random architecture reads with ``model.tokenizer`` or, if
+    that is unset, the tiny tokenizer of its family (:mod:`sparse_dist.models.tiny`: a few hundred words
+    and single characters, so any text encodes); its token ids must fit the architecture's vocabulary, and
+    its length limit is the published tokenizer's. The special token ids of ``config`` (padding, start, end)
+    are set to the tokenizer's, in place, so that padding and generation agree with it; no shape changes.
+    Raises :class:`ConfigError` naming ``model.tokenizer`` when it cannot be loaded or does not fit.
+    """
+    if model_cfg.init != "random":
+        return AutoTokenizer.from_pretrained(resolve_model_source(model_cfg.name_or_path))
+    architecture = random_architecture(model_cfg.name_or_path)
+    name = model_cfg.tokenizer or architecture.tokenizer
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(name))
+    except (OSError, ValueError) as error:
+        first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise ConfigError(f"model.tokenizer: cannot load {name!r}: {first}") from None
+    if len(tokenizer) > config.vocab_size:
+        raise ConfigError(f"model.tokenizer: {name} has {len(tokenizer)} tokens and {model_cfg.name_or_path} a "
+                          f"vocabulary of {config.vocab_size}; its ids would not fit")
+    tokenizer.model_max_length = min(tokenizer.model_max_length, architecture.max_length)
+    for special in ("pad", "bos", "eos"):
+        token_id = getattr(tokenizer, f"{special}_token_id")
+        if token_id is not None and hasattr(config, f"{special}_token_id"):
+            setattr(config, f"{special}_token_id", token_id)
+    if getattr(config, "decoder_start_token_id", None) is not None and tokenizer.pad_token_id is not None:
+        config.decoder_start_token_id = tokenizer.pad_token_id  # T5 starts decoding at <pad>
+    return tokenizer
+
+
+def random_init_warning(model_cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> str:
+    """The line a run with ``model.init: random`` says at its start, in its summary and its COMPLETED record."""
+    architecture = random_architecture(model_cfg.name_or_path)
+    return (f"model.init=random: {model_cfg.name_or_path} is its published architecture "
+            f"({architecture.parameters / 1e6:,.2f}M parameters) with RANDOM weights, not the pretrained "
+            f"checkpoint; text is read with the {model_cfg.tokenizer or architecture.tokenizer} tokenizer "
+            f"({len(tokenizer)} tokens)")
 
 
 def check_model_for_task(config: PretrainedConfig, task: TaskSpec, name: str, head: str,
@@ -125,9 +199,10 @@ def build_model(model_cfg: ModelConfig, task: TaskSpec, deepspeed_config: dict[s
     order by label name (:mod:`sparse_dist.models.label_order`). ``key`` names the model in errors
     (``distill.teacher`` for a teacher).
     """
+    random_init = model_cfg.init == "random"
     source = resolve_model_source(model_cfg.name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    config = load_checkpoint_config(model_cfg.name_or_path, key)
+    config = load_model_config(model_cfg, key)
+    tokenizer = load_tokenizer(model_cfg, config)
     family = get_family(config.model_type)
     kind = family.kind
     label_order = check_model_for_task(config, task, model_cfg.name_or_path, model_cfg.head, key)
@@ -148,8 +223,11 @@ def build_model(model_cfg: ModelConfig, task: TaskSpec, deepspeed_config: dict[s
     model_class = task.type.model_class(kind, label_words)
     with torch.random.fork_rng(devices=[]), _quiet_transformers():
         torch.manual_seed(seed)
-        pretrained, info = model_class.from_pretrained(source, config=config, output_loading_info=True)
-        missing = tuple(sorted(info.get("missing_keys", ())))
+        if random_init:  # every weight is new: nothing is "missing", and nothing is read from disk
+            pretrained, missing = model_class.from_config(config), ()
+        else:
+            pretrained, info = model_class.from_pretrained(source, config=config, output_loading_info=True)
+            missing = tuple(sorted(info.get("missing_keys", ())))
         if label_order is not None:
             apply_label_order(pretrained, label_order)
         untrained = untrained_head_weights(pretrained, missing, family) if model_cfg.head == "label_words" else ()
@@ -159,6 +237,8 @@ def build_model(model_cfg: ModelConfig, task: TaskSpec, deepspeed_config: dict[s
     if missing:
         log.info("newly initialised (not in the checkpoint): %s", ", ".join(missing))
     warnings = (untrained_head_warning(model_cfg.name_or_path, untrained, task, calibrate),) if untrained else ()
+    if random_init:
+        warnings = (random_init_warning(model_cfg, tokenizer), *warnings)
     if model_cfg.gradient_checkpointing:
         pretrained.gradient_checkpointing_enable()
     return BuiltModel(model=model, tokenizer=tokenizer, family=family, source=source, zero3_integration=integration,
