@@ -1,9 +1,10 @@
 """How a step and a rank's memory scale with the model, for dense fine-tuning and every pruning method.
 
     python benchmarks/scale_benchmark.py                                  # every size and method (long)
-    python benchmarks/scale_benchmark.py --models tiny-bert minilm        # the small sizes (~10 min)
+    python benchmarks/scale_benchmark.py --models tiny-bert minilm        # the small sizes (~10 min quiet)
     python benchmarks/scale_benchmark.py --models t5-base --methods dense pins --profile
-    python benchmarks/scale_benchmark.py --replot                         # redraw the PNGs from the JSON
+    python benchmarks/scale_benchmark.py --replot                         # redraw the PNG from the JSON
+    python benchmarks/scale_benchmark.py --replot scale_benchmark scale_benchmark_large   # both in one PNG
 
 Every cell (one model size, one method) is a fresh 2-rank ZeRO-3 job (gloo, CPU) that builds the
 Trainer exactly as a run does, takes ``--warmup-steps`` steps that are not measured, then times
@@ -20,7 +21,9 @@ Per rank the job records the peak resident set (``VmHWM``; this CPU-only machine
 and every rank also counts the libraries it shares with the other), and the bytes of pruning state it
 holds: learned scores with their fp32 master and Adam moments, importance statistics, packed masks, and
 the teacher's partition. Ratios are against the dense step of the same model in the same invocation.
-Writes ``benchmarks/results/scale_benchmark.json`` and ``scale_benchmark.png`` (step time and per-rank
+A cell whose job fails (a rank killed for memory: t5-base needs about 4.4 GiB per rank) is listed
+under ``failed`` with the memory then available, and the run goes on. Writes
+``benchmarks/results/scale_benchmark.json`` (after every cell) and ``scale_benchmark.png`` (step time and per-rank
 memory against parameter count, log-log, one line per method; the pruner's share of the step); with
 ``--profile`` also ``scale_profile_<model>_<method>.txt``, torch.profiler's table of one measured step.
 """
@@ -53,6 +56,8 @@ MODELS = {
     "tiny-bert": ("configs/tiny_bert_sst2.yaml", []),
     "tiny-t5": ("configs/tiny_t5_rte.yaml", []),
     "minilm": ("configs/minilm_sst2.yaml", []),
+    "t5-small": ("configs/tiny_t5_rte.yaml", ["model.name_or_path=t5-small", "model.init=random"]),
+    "bert-base": ("configs/minilm_sst2.yaml", ["model.name_or_path=bert-base-uncased", "model.init=random"]),
     "t5-base": ("configs/tiny_t5_rte.yaml", ["model.name_or_path=t5-base", "model.init=random"]),
     "bert-large": ("configs/minilm_sst2.yaml", ["model.name_or_path=bert-large-uncased", "model.init=random"]),
     "t5-large": ("configs/tiny_t5_rte.yaml", ["model.name_or_path=t5-large", "model.init=random"]),
@@ -314,17 +319,26 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="profile the first measured step of each cell (not counted in the times)")
     parser.add_argument("--output", default="scale_benchmark", help="file stem under benchmarks/results/")
-    parser.add_argument("--replot", action="store_true", help="redraw the plot from the saved JSON and exit")
+    parser.add_argument("--replot", nargs="*", metavar="STEM",
+                        help="redraw --output's PNG from these saved JSON stems together (default: --output) and exit")
     args = parser.parse_args()
     json_path, png_path = RESULTS / f"{args.output}.json", RESULTS / f"{args.output}.png"
-    if args.replot:
-        plot(json.loads(json_path.read_text())["results"], png_path)
+    if args.replot is not None:
+        stems = args.replot or [args.output]
+        plot([row for stem in stems for row in json.loads((RESULTS / f"{stem}.json").read_text())["results"]], png_path)
         return
-    rows = []
+    rows, failed = [], []
     for model in args.models:  # the order given: put the largest last, it needs the most memory
         for method in args.methods:
-            ranks = run_distributed(run_cell, WORLD_SIZE, model, method, args.warmup_steps, args.steps,
-                                    f"/tmp/scale_bench_{model}_{method}", args.profile, timeout_s=3600)
+            try:
+                ranks = run_distributed(run_cell, WORLD_SIZE, model, method, args.warmup_steps, args.steps,
+                                        f"/tmp/scale_bench_{model}_{method}", args.profile, timeout_s=3600)
+            except RuntimeError as error:  # a rank killed for memory, most likely: say so and go on
+                failed.append({"model": model, "method": method, "error": str(error).splitlines()[0],
+                               "available_bytes_after": available_memory()})
+                print(f"{model:<10} {method:<13} FAILED: {failed[-1]['error']}", flush=True)
+                write(args, json_path, rows, failed)
+                continue
             row = summarise(model, method, ranks)
             rows.append(row)
             if ranks[0]["profile"]:
@@ -336,12 +350,25 @@ def main() -> None:
                   f" x{row.get('cpu_vs_dense', float('nan')):.3f})  prune {row['prune_share']:6.1%}"
                   f"  peak RSS/rank {max(row['peak_rss_bytes']) / 2**30:5.2f} GiB"
                   f"  state/rank {row['state_total_bytes'] / 2**20:8.2f} MiB", flush=True)
-    report = {**provenance(), "world_size": WORLD_SIZE, "zero_stage": 3, "common_overrides": COMMON,
-              "methods": METHODS, "warmup_steps": args.warmup_steps, "steps": args.steps, "results": rows}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(report, indent=1))
+            write(args, json_path, rows, failed)  # after every cell: a later cell may take the machine down
     plot(rows, png_path)
     print(f"wrote {json_path} and {png_path.name}")
+
+
+def write(args, path: Path, rows: list[dict], failed: list[dict]) -> None:
+    report = {**provenance(), "world_size": WORLD_SIZE, "zero_stage": 3, "common_overrides": COMMON,
+              "methods": METHODS, "warmup_steps": args.warmup_steps, "steps": args.steps, "results": rows,
+              "failed": failed}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1))
+
+
+def available_memory() -> int:
+    """The machine's MemAvailable (bytes), from /proc/meminfo."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def plot(rows: list[dict], path: Path) -> None:
