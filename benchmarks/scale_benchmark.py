@@ -241,7 +241,8 @@ def run_cell(model: str, method: str, warmup_steps: int, steps: int, run_dir: st
         clock.take()
         began, began_cpu = time.perf_counter(), time.process_time()
         if profile and i == warmup_steps:
-            from torch.profiler import ProfilerActivity, profile as torch_profile
+            from torch.profiler import ProfilerActivity
+            from torch.profiler import profile as torch_profile
 
             clock.label = True
             with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=False) as profiler:
