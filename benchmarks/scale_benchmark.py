@@ -320,13 +320,17 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="profile the first measured step of each cell (not counted in the times)")
     parser.add_argument("--output", default="scale_benchmark", help="file stem under benchmarks/results/")
+    parser.add_argument("--table", nargs="+", metavar="STEM", help="print Markdown tables of saved JSON stems and exit")
     parser.add_argument("--replot", nargs="*", metavar="STEM",
                         help="redraw --output's PNG from these saved JSON stems together (default: --output) and exit")
     args = parser.parse_args()
     json_path, png_path = RESULTS / f"{args.output}.json", RESULTS / f"{args.output}.png"
+    if args.table:
+        print(tables([row for stem in args.table for row in load_rows(stem)]))
+        return
     if args.replot is not None:
         stems = args.replot or [args.output]
-        plot([row for stem in stems for row in json.loads((RESULTS / f"{stem}.json").read_text())["results"]], png_path)
+        plot([row for stem in stems for row in load_rows(stem)], png_path)
         return
     rows, failed = [], []
     for model in args.models:  # the order given: put the largest last, it needs the most memory
@@ -356,6 +360,10 @@ def main() -> None:
     print(f"wrote {json_path} and {png_path.name}")
 
 
+def load_rows(stem: str) -> list[dict]:
+    return json.loads((RESULTS / f"{stem}.json").read_text())["results"]
+
+
 def write(args, path: Path, rows: list[dict], failed: list[dict]) -> None:
     report = {**provenance(), "world_size": WORLD_SIZE, "zero_stage": 3, "common_overrides": COMMON,
               "methods": METHODS, "warmup_steps": args.warmup_steps, "steps": args.steps, "results": rows,
@@ -370,6 +378,37 @@ def available_memory() -> int:
         if line.startswith("MemAvailable:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def tables(rows: list[dict]) -> str:
+    """Markdown: step time and its parts (CPU ms per rank), ratios to dense, memory and pruning state."""
+    def ms(value: float) -> str:
+        return f"{value * 1e3:.0f}"
+
+    def ratio(row: dict, key: str) -> str:
+        return f"{row[key]:.3f}" if key in row else "-"
+
+    lines = ["| model | params | method | step wall (ms) | x dense | step CPU (ms) | x dense | fwd | bwd | optimizer "
+             "| teacher | prune update | selection | mask apply | pruner share (CPU) | amortised x dense (CPU) |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        c = r["phases_cpu_s"]
+        lines.append(f"| {r['model']} | {r['parameters'] / 1e6:.1f}M | {r['method']} | {ms(r['step_time_s'])} | "
+                     f"{ratio(r, 'step_vs_dense')} | {ms(r['step_cpu_s'])} | {ratio(r, 'cpu_vs_dense')} | "
+                     f"{ms(c['forward'])} | {ms(c['backward'])} | {ms(c['optimizer'])} | {ms(c['teacher'])} | "
+                     f"{ms(c['prune_update'])} | {ms(c['prune_select'])} | {ms(c['prune_apply'])} | "
+                     f"{r['prune_cpu_share']:.1%} | {ratio(r, 'cpu_amortised_vs_dense')} |")
+    lines += ["", "| model | method | peak RSS per rank (GiB) | model per rank (MiB) | scores | score optimizer | "
+              "importance | masks | teacher | state / model per rank |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        b = r["state_bytes"]
+        lines.append(f"| {r['model']} | {r['method']} | {max(r['peak_rss_bytes']) / 2**30:.2f} | "
+                     f"{r['model_bytes_per_rank'] / 2**20:.1f} | "
+                     + " | ".join(f"{b[k] / 2**20:.2f}" for k in ("scores", "score_optimizer", "importance", "masks",
+                                                                  "teacher"))
+                     + f" | {r.get('state_vs_model_per_rank', 0):.3f} |")
+    return "\n".join(lines)
 
 
 def plot(rows: list[dict], path: Path) -> None:
