@@ -418,13 +418,15 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    colors = {m: f"C{i}" for i, m in enumerate(METHODS)}  # the same colour for a method in every panel
     figure, axes = plt.subplots(1, 3, figsize=(17, 4.8))
     for method in methods:
         mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["parameters"])
         x = [r["parameters"] for r in mine]
-        axes[0].plot(x, [r["step_time_s"] for r in mine], marker="o", label=method)
-        axes[1].plot(x, [max(r["peak_rss_bytes"]) / 2**30 for r in mine], marker="o", label=method)
-    for axis, title in zip(axes[:2], ("step time (s), 2 ranks ZeRO-3", "peak host RSS per rank (GiB)")):
+        axes[0].plot(x, [r["step_cpu_s"] for r in mine], marker="o", color=colors[method], label=method)
+        axes[1].plot(x, [max(r["peak_rss_bytes"]) / 2**30 for r in mine], marker="o", color=colors[method],
+                     label=method)
+    for axis, title in zip(axes[:2], ("step CPU time per rank (s), 2 ranks ZeRO-3", "peak host RSS per rank (GiB)")):
         axis.set_xscale("log")
         axis.set_yscale("log")
         axis.set_xlabel("parameters")
@@ -434,11 +436,12 @@ def plot(rows: list[dict], path: Path) -> None:
     pruned = [m for m in methods if m != "dense"]
     width = 0.8 / max(1, len(pruned))
     for i, method in enumerate(pruned):
-        shares = [next((r["prune_share"] * 100 for r in rows if r["model"] == m and r["method"] == method), 0)
+        shares = [next((r["prune_cpu_share"] * 100 for r in rows if r["model"] == m and r["method"] == method), 0)
                   for m in models]
-        axes[2].bar([x + (i - (len(pruned) - 1) / 2) * width for x in range(len(models))], shares, width, label=method)
+        axes[2].bar([x + (i - (len(pruned) - 1) / 2) * width for x in range(len(models))], shares, width,
+                    color=colors[method])
     axes[2].set_xticks(range(len(models)), models)
-    axes[2].set_ylabel("% of the step")
+    axes[2].set_ylabel("% of the step's CPU time")
     axes[2].set_title("pruner's share of the step (selecting every step)")
     handles, labels = axes[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="lower center", ncol=len(methods), frameon=False)
