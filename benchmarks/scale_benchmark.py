@@ -308,6 +308,12 @@ def add_ratios(rows: list[dict]) -> None:
         row["amortised_vs_dense"] = row["step_time_amortised_s"] / dense["step_time_s"]
         row["cpu_vs_dense"] = row["step_cpu_s"] / dense["step_cpu_s"]
         row["cpu_amortised_vs_dense"] = row["step_cpu_amortised_s"] / dense["step_cpu_s"]
+        # The pruner's own cost on top of the dense step: free of the drift of forward, backward and optimizer
+        # between cells (the same code for magnitude, PLATON and PINS as for dense).
+        cpu = row["phases_cpu_s"]
+        row["dense_plus_pruner"] = 1 + row["prune_cpu_s"] / dense["step_cpu_s"]
+        row["dense_plus_pruner_amortised"] = 1 + (cpu["prune_update"] + cpu["prune_apply"]
+                                                  + cpu["prune_select"] / AMORTISE_EVERY_STEPS) / dense["step_cpu_s"]
         row["state_vs_model_per_rank"] = row["state_total_bytes"] / row["model_bytes_per_rank"]
 
 
@@ -388,6 +394,8 @@ def tables(rows: list[dict]) -> str:
     def ratio(row: dict, key: str) -> str:
         return f"{row[key]:.3f}" if key in row else "-"
 
+    add_ratios(rows)
+
     lines = ["| model | params | method | step wall (ms) | x dense | step CPU (ms) | x dense | fwd | bwd | optimizer "
              "| teacher | prune update | selection | mask apply | pruner share (CPU) | amortised x dense (CPU) |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -398,6 +406,12 @@ def tables(rows: list[dict]) -> str:
                      f"{ms(c['forward'])} | {ms(c['backward'])} | {ms(c['optimizer'])} | {ms(c['teacher'])} | "
                      f"{ms(c['prune_update'])} | {ms(c['prune_select'])} | {ms(c['prune_apply'])} | "
                      f"{r['prune_cpu_share']:.1%} | {ratio(r, 'cpu_amortised_vs_dense')} |")
+    lines += ["", "| model | method | step / dense (CPU) | dense + pruner, selecting every step | "
+              f"dense + pruner, selecting every {AMORTISE_EVERY_STEPS}th step | step / dense (wall) |",
+              "|---|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['model']} | {r['method']} | {ratio(r, 'cpu_vs_dense')} | {ratio(r, 'dense_plus_pruner')} | "
+              f"{ratio(r, 'dense_plus_pruner_amortised')} | {ratio(r, 'step_vs_dense')} |"
+              for r in rows if r["method"] != "dense"]
     lines += ["", "| model | method | peak RSS per rank (GiB) | model per rank (MiB) | scores | score optimizer | "
               "importance | masks | teacher | state / model per rank |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
