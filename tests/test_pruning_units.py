@@ -10,7 +10,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassificati
 
 from sparse_dist.config import REGULARIZED_METHODS, ConfigError, PruningConfig, load_config
 from sparse_dist.distill.teacher import MaskTeacher
-from sparse_dist.distributed.bitmask import PackedMask
+from sparse_dist.distributed.bitmask import PackedMask, word_dtype
 from sparse_dist.distributed.select import ALL_TIES, Threshold
 from sparse_dist.models.tiny import tiny_checkpoint
 from sparse_dist.pruning.build import PRUNERS
@@ -314,6 +314,23 @@ def test_packed_masks_round_trip_and_count():
         assert packed.count() == int(mask.sum())
         other = torch.rand(n) < 0.5
         assert packed.flips(PackedMask.pack(other)) == int((mask ^ other).sum())
+
+
+def test_packed_masks_every_byte_pattern_and_exact_zeroing():
+    # Every value a byte of bits can take, in order: bit j of byte b is element 8 b + j.
+    bits = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1
+    mask = bits.reshape(-1).bool()
+    packed = PackedMask.pack(mask)
+    assert torch.equal(packed.bits, torch.arange(256, dtype=torch.uint8))
+    assert torch.equal(packed.unpack(), mask) and packed.count() == 1024
+    specials = torch.tensor([float("nan"), float("inf"), float("-inf"), -0.0, 1.5, -2.0, 3e38, 1e-45])
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        values = specials.to(dtype).repeat(256)
+        words = packed.keep_words(word_dtype(dtype))
+        assert words.dtype.itemsize == values.element_size() and words.numel() == 2048
+        expected = torch.where(mask, values, torch.zeros((), dtype=dtype))
+        values.view(word_dtype(dtype)).bitwise_and_(words)
+        assert torch.equal(values.view(word_dtype(dtype)), expected.view(word_dtype(dtype)))  # +0.0, bit for bit
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -8,6 +8,12 @@ bits of all fragments are combined with one all-reduce of ``numel / 8`` bytes (e
 only its own bits, so the sum is their union), used, and dropped. Under ZeRO-3 every copy is
 partitioned and no communication is needed.
 
+Zeroing is a bitwise AND of each copy's bit pattern with the mask spread to words of all ones (kept)
+or zeros (pruned) (:meth:`~sparse_dist.distributed.bitmask.PackedMask.keep_words`), built once per
+fragment and element size and dropped after use: a transient the size of the fragment. It is exact
+(a pruned inf or NaN becomes +0.0, which multiplying by the mask would not do) and several times
+faster on CPU than ``masked_fill_`` with a bool mask, which dominated the pruner's share of a step.
+
 Pruned weights then stay exactly zero through later optimizer steps when their gradients are zeroed
 before each step (:func:`zero_masked_grads`, run inside the step by
 :class:`~sparse_dist.distributed.step_tap.OptimizerStepTap`): a zero weight with zero moments and a
@@ -20,7 +26,7 @@ from collections.abc import Sequence
 
 import torch
 
-from sparse_dist.distributed.bitmask import PackedMask
+from sparse_dist.distributed.bitmask import PackedMask, word_dtype
 from sparse_dist.distributed.comm import Communicator
 from sparse_dist.distributed.fragments import Fragment
 
@@ -30,6 +36,11 @@ def gather_full_mask(fragment: Fragment, mask: PackedMask, comm: Communicator) -
 
     All ranks must call it for the same weight. Stages: 0-3.
     """
+    return _gather_full_packed(fragment, mask, comm).unpack()
+
+
+def _gather_full_packed(fragment: Fragment, mask: PackedMask, comm: Communicator) -> PackedMask:
+    """:func:`gather_full_mask`, still packed. All ranks must call it for the same weight."""
     full = fragment.full_numel
     head = fragment.start % 8
     aligned = torch.zeros((full + 7) // 8 + 1, dtype=torch.uint8, device=mask.bits.device)
@@ -42,7 +53,21 @@ def gather_full_mask(fragment: Fragment, mask: PackedMask, comm: Communicator) -
     device = getattr(comm, "device", aligned.device)
     aligned = aligned.to(device)
     comm.all_reduce(aligned)  # disjoint bits: the sum is the union
-    return PackedMask(bits=aligned[: (full + 7) // 8], numel=full).unpack()
+    return PackedMask(bits=aligned[: (full + 7) // 8], numel=full)
+
+
+class _Zeroer:
+    """Zeroes the pruned elements of tensors under one mask; the AND words are built once per element size."""
+
+    def __init__(self, mask: PackedMask):
+        self.mask = mask
+        self.words: dict[torch.dtype, torch.Tensor] = {}
+
+    def __call__(self, values: torch.Tensor) -> None:
+        dtype = word_dtype(values.dtype)
+        if dtype not in self.words:
+            self.words[dtype] = self.mask.keep_words(dtype).to(values.device)
+        values.view(dtype).bitwise_and_(self.words[dtype])
 
 
 def apply_masks(fragments: Sequence[Fragment], masks: Sequence[PackedMask], comm: Communicator,
@@ -58,25 +83,25 @@ def apply_masks(fragments: Sequence[Fragment], masks: Sequence[PackedMask], comm
         full_mask = None
         resident = fragment.working_resident
         if fragment.working_replicated or fragment.master_replicated or resident:
-            full_mask = gather_full_mask(fragment, mask, comm)
-        local = mask.unpack() if fragment.numel else None
+            full_mask = _Zeroer(_gather_full_packed(fragment, mask, comm))
+        local = _Zeroer(mask) if fragment.numel else None
         with torch.no_grad():
             if fragment.master_replicated:
-                _zero_where(fragment.full_master(), full_mask)
+                full_mask(fragment.full_master())
                 if zero_optimizer_state:
                     for key in fragment.optimizer_state_keys():
-                        _zero_where(fragment.optimizer.state[fragment.master_flat][key].view(-1), full_mask)
+                        full_mask(fragment.optimizer.state[fragment.master_flat][key].view(-1))
             elif fragment.master_flat is not None and fragment.numel:
-                _zero_where(fragment.master(), local)
+                local(fragment.master())
                 if zero_optimizer_state:
                     for key in fragment.optimizer_state_keys():
-                        _zero_where(fragment.optimizer_state(key), local)
+                        local(fragment.optimizer_state(key))
             if fragment.working_replicated:
-                _zero_where(fragment.full_working(), full_mask)
+                full_mask(fragment.full_working())
             elif fragment.numel:
-                _zero_where(fragment.working(), local)
+                local(fragment.working())
             if resident:
-                _zero_where(fragment.full_working(), full_mask)
+                full_mask(fragment.full_working())
 
 
 def zero_masked_grads(fragments: Sequence[Fragment], masks: Sequence[PackedMask], comm: Communicator) -> None:
@@ -87,16 +112,11 @@ def zero_masked_grads(fragments: Sequence[Fragment], masks: Sequence[PackedMask]
     """
     for fragment, mask in zip(fragments, masks, strict=True):
         if fragment.master_replicated:
-            full = gather_full_mask(fragment, mask, comm)
+            full = _gather_full_packed(fragment, mask, comm)
             grad = fragment.master_flat.grad
             if grad is not None:
-                _zero_where(grad.view(-1), full)
+                _Zeroer(full)(grad.view(-1))
         elif fragment.numel:
             grad = fragment.grad()
             if grad is not None:
-                _zero_where(grad, mask.unpack())
-
-
-def _zero_where(values: torch.Tensor, keep: torch.Tensor) -> None:
-    # masked_fill, not multiplication: a pruned weight must become exactly 0 even if it was inf or NaN.
-    values.masked_fill_(~keep.to(values.device), 0)
+                _Zeroer(mask)(grad)

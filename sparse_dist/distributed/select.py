@@ -119,12 +119,12 @@ class Threshold:
     def mask(self, shard: ScoreShard) -> torch.Tensor:
         """Bool mask (flat) of the kept scores of ``shard``."""
         scores = shard.scores.reshape(-1)
-        keep = scores > self.value
         if self.tie_tensor == NO_TIES or shard.tensor > self.tie_tensor:
-            return keep
-        equal = scores == self.value
+            return scores > self.value
         if shard.tensor < self.tie_tensor:
-            return keep | equal
+            return scores >= self.value  # every tie kept: one comparison (NaN never gets here: selection refuses it)
+        keep = scores > self.value
+        equal = scores == self.value
         positions = torch.arange(shard.offset, shard.offset + scores.numel(), device=scores.device)
         return keep | (equal & (positions <= self.tie_position))
 

@@ -47,12 +47,13 @@ class _StraightThrough(torch.autograd.Function):
 def threshold_mask(scores: torch.Tensor, rule: Threshold, tensor: int) -> torch.Tensor:
     """The bool mask a selection rule gives the whole score tensor number ``tensor`` of its group."""
     flat = scores.reshape(-1)
-    keep = flat > rule.value
-    if rule.tie_tensor != NO_TIES and tensor <= rule.tie_tensor:
-        equal = flat == rule.value
-        if tensor == rule.tie_tensor:
-            equal &= torch.arange(flat.numel(), device=flat.device) <= rule.tie_position
-        keep |= equal
+    if rule.tie_tensor == NO_TIES or tensor > rule.tie_tensor:
+        keep = flat > rule.value
+    elif tensor < rule.tie_tensor:
+        keep = flat >= rule.value  # every tie kept: one comparison
+    else:
+        keep = flat > rule.value
+        keep |= (flat == rule.value) & (torch.arange(flat.numel(), device=flat.device) <= rule.tie_position)
     return keep.view_as(scores)
 
 
