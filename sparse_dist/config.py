@@ -441,16 +441,13 @@ def validate(config: RunConfig) -> None:
     _validate_pruning(config.pruning, config.training.max_steps)
     method = pruning_method(config.pruning.method)
     freezes_weights = method is not None and method.freezes_weights
-    if config.model.head == "auto":
-        config.model.head = "label_words" if freezes_weights else "classifier"
-    _require(not (freezes_weights and config.model.head == "classifier"), "model.head",
-             f"{config.pruning.method} keeps the pretrained head frozen and needs label_words", config.model.head)
     task_type = TASKS[d.task].type
-    if not task_type.label_word_head:  # token classification, extractive QA: no word to read a tag or a span at
-        _require(not freezes_weights, "pruning.method",
-                 f"task {d.task} ({task_type.name}) has no label words, and {config.pruning.method} trains only mask "
-                 "scores on frozen weights, so a new task head would stay untrained; use magnitude, movement, "
-                 "soft_movement, platon or pins", config.pruning.method)
+    if config.model.head == "auto":
+        config.model.head = "label_words" if freezes_weights and task_type.label_word_head else "classifier"
+    if task_type.label_word_head:  # SMP keeps the pretrained head: a label-word read of the masked-LM head
+        _require(not (freezes_weights and config.model.head == "classifier"), "model.head",
+                 f"{config.pruning.method} keeps the pretrained head frozen and needs label_words", config.model.head)
+    else:  # token classification, extractive QA: no word to read a tag or a span at; SMP trains the new head
         _require(config.model.head != "label_words", "model.head",
                  f"task {d.task} ({task_type.name}) has no label words; use classifier", config.model.head)
     _require(config.model.calibrate_label_words is None or config.model.head == "label_words",

@@ -1,7 +1,8 @@
 """Extractive question answering (SQuAD v1.1): the answer is a span of the context, scored by EM and F1.
 
 Encoders only (BERT, RoBERTa: ``AutoModelForQuestionAnswering``, a start and an end logit per token); a
-text-to-text model or SMP's label-word head is refused. A context longer than the window
+text-to-text model or SMP's label-word head is refused (SMP trains the new ``qa_outputs`` layer with the
+mask scores on the frozen encoder instead). A context longer than the window
 (``data.max_seq_length`` tokens) is cut into windows overlapping by ``data.doc_stride`` tokens
 (:mod:`sparse_dist.data.extractive_qa`): one training example and one evaluation input per window.
 
@@ -42,7 +43,7 @@ class QAGold:
 class ExtractiveQA(TaskType):
     name = "extractive_qa"
     problem_type = None
-    label_word_head = False  # a span has no label words: SMP and model.head=label_words are refused by the config
+    label_word_head = False  # a span has no label words: model.head=label_words is refused; SMP trains qa_outputs
 
     # --- data ---------------------------------------------------------------------------------------
 

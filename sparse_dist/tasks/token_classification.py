@@ -12,8 +12,9 @@ Distillation needs nothing of its own: the task's logits are ``(B, L, C)`` and i
 which :mod:`sparse_dist.distill.losses` already compares position by position, keeping only the positions
 whose label is not -100, for the student and the teacher alike.
 
-Not served: text-to-text models (T5), and SMP's label-word head (there is no word to read a tag at); SMP
-needs that frozen head, so ``pruning.method=smp`` is refused for this type (:attr:`label_word_head`).
+Not served: text-to-text models (T5), and SMP's label-word head (there is no word to read a tag at,
+:attr:`label_word_head`). SMP runs with the token-classification layer instead: the encoder is frozen, and
+the mask scores and the new (unpruned) ``classifier`` train (:mod:`sparse_dist.pruning.learned`).
 """
 
 from __future__ import annotations
