@@ -76,6 +76,10 @@ class DataConfig:
     doc_stride: int | None = None
     """Extractive QA: overlap in tokens of consecutive windows over a long context (None: max_seq_length // 3,
     128 for 384-token windows)."""
+    n_best: int = 20
+    """Extractive QA: start and end candidates per window that post-processing pairs into answers."""
+    max_answer_length: int = 30
+    """Extractive QA: longest answer in tokens that post-processing considers."""
     max_target_length: int = 64
     """Longest target in tokens with </s> (text-to-text only): references are cut, class words must fit."""
     max_train_examples: int | None = None
@@ -407,6 +411,8 @@ def validate(config: RunConfig) -> None:
     _require(d.doc_stride is None or 0 <= d.doc_stride < d.max_seq_length, "data.doc_stride",
              f"must be in [0, data.max_seq_length={d.max_seq_length}) or null", d.doc_stride)
     _require(d.max_target_length >= 1, "data.max_target_length", "must be >= 1", d.max_target_length)
+    _require(d.n_best >= 1, "data.n_best", "must be >= 1", d.n_best)
+    _require(d.max_answer_length >= 1, "data.max_answer_length", "must be >= 1", d.max_answer_length)
     for key in ("max_train_examples", "max_eval_examples"):
         value = getattr(d, key)
         _require(value is None or value >= 1, f"data.{key}", "must be >= 1 or null", value)

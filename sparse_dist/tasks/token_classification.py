@@ -80,7 +80,8 @@ class TokenClassification(TaskType):
         return raw.map(encode, batched=True, remove_columns=raw.column_names, keep_in_memory=True,
                        desc=f"tokenizing {task.name} train")
 
-    def encode_eval(self, task, raw, tokenizer, kind: str, max_seq_length: int, doc_stride: int | None = None):
+    def encode_eval(self, task, raw, tokenizer, kind: str, max_seq_length: int, doc_stride: int | None = None,
+                    n_best: int = 20, max_answer_length: int = 30):
         from sparse_dist.data.token_classification import encode_token_labels
 
         def encode(batch: dict[str, list]) -> dict[str, list]:
