@@ -44,8 +44,9 @@ METHODS = ("magnitude", "movement", "soft_movement", "smp_l", "smp_s", "platon",
 METRIC = {"sst2": "accuracy", "mrpc": "f1", "rte": "accuracy", "conll2003": "f1", "squad": "f1"}
 CONFIG = {"conll2003": "configs/minilm_conll.yaml", "squad": "configs/minilm_squad.yaml"}
 """The task's config where it is not SST-2's (whose GLUE settings serve MRPC and RTE too)."""
-RESET = {"conll2003": ["pruning.method=none", "pruning.initial_warmup_steps=0"],
-         "squad": ["pruning.method=none", "pruning.initial_warmup_steps=0", "distill.self_regularization=false"]}
+RESET = {"conll2003": ["pruning.method=none", "pruning.scope=auto", "pruning.initial_warmup_steps=0"],
+         "squad": ["pruning.method=none", "pruning.scope=auto", "pruning.initial_warmup_steps=0",
+                   "distill.self_regularization=false"]}
 """What a task's config turns on that a dense run (and every method's own overrides) starts without."""
 LABELS = {"magnitude": "magnitude", "movement": "movement", "soft_movement": "soft movement",
           "smp_l": "SMP-L", "smp_s": "SMP-S", "platon": "PLATON", "pins": "PINS"}
