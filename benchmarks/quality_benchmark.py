@@ -246,7 +246,8 @@ def main() -> None:
         tqdm.write("warning: some runs were made by other trainer code or settings; see 'made_by_this_code'")
     report = {**provenance(), "all_runs_by_this_code": all_same,
               "model": "sentence-transformers/all-MiniLM-L6-v2", "nproc": args.nproc, "zero": 2,
-              "steps": args.steps, "global_batch": 32, "train_examples": args.train_examples, "seed": args.seed,
+              "steps": args.steps, "global_batch": args.global_batch or 32, "train_examples": args.train_examples,
+              "seed": args.seed, "budget": budget(args),
               "sweep_wall_s": sum(r["wall_s"] or 0 for r in rows), "results": rows}
     (results / "quality_benchmark.json").write_text(json.dumps(report, indent=1))
     (results / "quality_benchmark.md").write_text(table(rows, args))
