@@ -345,8 +345,11 @@ def plot(rows: list[dict], path: Path, args) -> None:
         spent = next((r["budget"] for r in rows if r["task"] == task and r.get("budget")), None)
         axis.set_title(task.upper() + (f" ({spent['steps']} steps of {spent['global_batch']})" if spent else ""))
         axis.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="center right", frameon=False)
+    legend = {}  # every method of every panel, once (a task's panel may lack some)
+    for axis in axes[0]:
+        for handle, label in zip(*axis.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    figure.legend(list(legend.values()), list(legend), loc="center right", frameon=False)
     figure.suptitle(f"all-MiniLM-L6-v2, {args.nproc} ranks, ZeRO-2, seed {args.seed}")
     figure.tight_layout(rect=(0, 0, 1 - 1.6 / figure.get_figwidth(), 1))
     figure.savefig(path, dpi=120)
