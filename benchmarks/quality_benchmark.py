@@ -328,7 +328,7 @@ def plot(rows: list[dict], path: Path, args) -> None:
             points = sorted((r["achieved_remaining"], r["best_at_target"]) for r in rows
                             if r["task"] == task and r["method"] == method)
             if points:
-                axis.plot(*zip(*points), marker="o", label=LABELS[method])
+                axis.plot(*zip(*points), marker="o", label=LABELS[method], color=f"C{METHODS.index(method)}")
         dense = next((r for r in rows if r["task"] == task and r["method"] == "dense"), None)
         if dense:
             axis.axhline(dense["best_at_target"], color="black", linestyle="--", label="dense fine-tuning")
