@@ -82,6 +82,10 @@ class DataConfig:
     doc_stride: int | None = None
     """Extractive QA: overlap in tokens of consecutive windows over a long context (None: max_seq_length // 3,
     128 for 384-token windows)."""
+    n_best: int = 20
+    """Extractive QA: start and end candidates per window that post-processing pairs into answers."""
+    max_answer_length: int = 30
+    """Extractive QA: longest answer in tokens that post-processing considers."""
     max_target_length: int = 64
     """Longest target in tokens with </s> (text-to-text only): references are cut, class words must fit."""
     max_train_examples: int | None = None
@@ -413,6 +417,8 @@ def validate(config: RunConfig) -> None:
     _require(d.doc_stride is None or 0 <= d.doc_stride < d.max_seq_length, "data.doc_stride",
              f"must be in [0, data.max_seq_length={d.max_seq_length}) or null", d.doc_stride)
     _require(d.max_target_length >= 1, "data.max_target_length", "must be >= 1", d.max_target_length)
+    _require(d.n_best >= 1, "data.n_best", "must be >= 1", d.n_best)
+    _require(d.max_answer_length >= 1, "data.max_answer_length", "must be >= 1", d.max_answer_length)
     for key in ("max_train_examples", "max_eval_examples"):
         value = getattr(d, key)
         _require(value is None or value >= 1, f"data.{key}", "must be >= 1 or null", value)
@@ -447,16 +453,13 @@ def validate(config: RunConfig) -> None:
     _validate_pruning(config.pruning, config.training.max_steps)
     method = pruning_method(config.pruning.method)
     freezes_weights = method is not None and method.freezes_weights
-    if config.model.head == "auto":
-        config.model.head = "label_words" if freezes_weights else "classifier"
-    _require(not (freezes_weights and config.model.head == "classifier"), "model.head",
-             f"{config.pruning.method} keeps the pretrained head frozen and needs label_words", config.model.head)
     task_type = TASKS[d.task].type
-    if not task_type.label_word_head:  # token classification, extractive QA: no word to read a tag or a span at
-        _require(not freezes_weights, "pruning.method",
-                 f"task {d.task} ({task_type.name}) has no label words, and {config.pruning.method} trains only mask "
-                 "scores on frozen weights, so a new task head would stay untrained; use magnitude, movement, "
-                 "soft_movement, platon or pins", config.pruning.method)
+    if config.model.head == "auto":
+        config.model.head = "label_words" if freezes_weights and task_type.label_word_head else "classifier"
+    if task_type.label_word_head:  # SMP keeps the pretrained head: a label-word read of the masked-LM head
+        _require(not (freezes_weights and config.model.head == "classifier"), "model.head",
+                 f"{config.pruning.method} keeps the pretrained head frozen and needs label_words", config.model.head)
+    else:  # token classification, extractive QA: no word to read a tag or a span at; SMP trains the new head
         _require(config.model.head != "label_words", "model.head",
                  f"task {d.task} ({task_type.name}) has no label words; use classifier", config.model.head)
     _require(config.model.calibrate_label_words is None or config.model.head == "label_words",

@@ -122,7 +122,7 @@ class Trainer:
             dump_config(config, self.run_dir / "config.yaml")
             for warning in self.built.warnings:  # said again in the summary and recorded in COMPLETED
                 log.warning(warning)
-        self.pruner.prepare(self.built.model)
+        self.pruner.prepare(self.built.model, self.built.task_head)
         with main_process_first(env):
             self.task_data = build_task_data(config.data, self.task, self.built.tokenizer, self.built.kind)
         self.engine = self._build_engine()
@@ -390,10 +390,11 @@ class Trainer:
         export_pruned_model(self.built, self.pruner, directory, self.comm, self.env.is_main, model_format)
 
     def export(self, directory: Path, model_format: str = "dense") -> None:
-        """Everything worth keeping: the pruned model in ``directory/model`` and, for SMP, the mask-only
-        artifact in ``directory/mask``. All ranks call."""
+        """Everything worth keeping: the pruned model in ``directory/model`` and, for SMP with a label-word
+        head, the mask-only artifact in ``directory/mask`` (with a trained task head, NER or QA, the mask
+        alone is not the model). All ranks call."""
         self.export_model(directory / "model", model_format)
-        if self.pruner.freezes_weights:  # the base model's weights are unchanged: the mask is the pruned model
+        if self.pruner.freezes_weights and not self.built.task_head:  # the mask (with the base model) is the model
             export_mask_artifact(self.built, self.pruner, directory / "mask", self.comm, self.env.is_main,
                                  base=self.config.model.name_or_path, seed=self.config.job.seed)
 

@@ -38,10 +38,9 @@ def ner_config(root, world_size=1, **sections):
 # --- config, data, encoding ---------------------------------------------------------------------
 
 
-def test_smp_and_label_words_are_refused_naming_the_key():
+def test_label_words_are_refused_naming_the_key_and_smp_gets_the_tag_head():
     base = [f"data.task={TASK}", f"data.local_dir={DATA_DIR}"]
-    with pytest.raises(ConfigError, match=r"^pruning\.method: task conll2003 \(token_classification\) has no label"):
-        load_config(None, [*base, "pruning.method=smp", "pruning.scope=local"])
+    assert load_config(None, [*base, "pruning.method=smp", "pruning.scope=local"]).model.head == "classifier"
     with pytest.raises(ConfigError, match=r"^model\.head: task conll2003 .* has no label words"):
         load_config(None, [*base, "model.head=label_words"])
     assert load_config(None, base).model.head == "classifier"

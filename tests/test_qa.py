@@ -45,10 +45,9 @@ def test_squad_refuses_t5_naming_the_key(tmp_path):
         check_model_for_task(load_checkpoint_config("tiny-t5"), get_task("squad"), "tiny-t5", "classifier")
 
 
-def test_squad_refuses_label_words_and_smp():
+def test_squad_refuses_label_words_and_smp_gets_the_qa_head():
     base = ["data.task=squad", f"data.local_dir={DATA_DIR}"]
-    with pytest.raises(ConfigError, match=r"^pruning\.method: task squad \(extractive_qa\) has no label words"):
-        load_config(None, [*base, "pruning.method=smp", "pruning.scope=per_type"])
+    assert load_config(None, [*base, "pruning.method=smp", "pruning.scope=per_type"]).model.head == "classifier"
     with pytest.raises(ConfigError, match=r"^model\.head: task squad \(extractive_qa\) has no label words"):
         load_config(None, [*base, "model.head=label_words"])
     assert load_config(None, base).model.head == "classifier"
@@ -165,3 +164,40 @@ def test_qa_distillation_compares_start_and_end_distributions():
 
 def test_squad_files_exist():
     assert (DATA_DIR / "squad" / "dev-v1.1.json").is_file()
+
+
+def test_n_best_and_max_answer_length_are_config_keys_that_reach_post_processing():
+    from transformers import AutoTokenizer
+
+    from sparse_dist.data.load import load_split
+    from sparse_dist.models.build import resolve_model_source
+    from sparse_dist.tasks import get_task
+
+    base = ["data.task=squad", f"data.local_dir={DATA_DIR}"]
+    for key in ("n_best", "max_answer_length"):
+        with pytest.raises(ConfigError, match=rf"^data\.{key}: must be >= 1, got 0"):
+            load_config(None, [*base, f"data.{key}=0"])
+    config = load_config(None, base)
+    assert (config.data.n_best, config.data.max_answer_length) == (N_BEST_SIZE, MAX_ANSWER_LENGTH) == (20, 30)
+
+    task = get_task("squad")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_source("tiny-bert"))
+    raw = load_split(task, "validation", str(DATA_DIR), 1)  # "Denver Broncos": more than one token
+    answer = raw[0]["answers"]
+    first, last = answer["answer_start"][0], answer["answer_start"][0] + len(answer["text"][0])
+
+    def scored(**postprocess):
+        _, gold = task.type.encode_eval(task, raw, tokenizer, "encoder", 128, doc_stride=32, **postprocess)
+        predictions = []
+        for offsets in gold.windows["offset_mapping"]:  # logits that point at the gold span in every window
+            start, end = np.zeros(len(offsets), np.float32), np.zeros(len(offsets), np.float32)
+            for token, offset in enumerate(offsets):
+                start[token] += 10.0 * (offset is not None and offset[0] == first)
+                end[token] += 10.0 * (offset is not None and offset[1] == last)
+            predictions.append((start, end))
+        return gold, task.type.score(task, predictions, gold)
+
+    gold, metrics = scored()
+    assert (gold.n_best, gold.max_answer_length) == (20, 30) and metrics["exact_match"] == 100.0
+    gold, metrics = scored(n_best=3, max_answer_length=1)  # the gold span is longer than one token
+    assert (gold.n_best, gold.max_answer_length) == (3, 1) and metrics["exact_match"] == 0.0

@@ -29,7 +29,7 @@ def build_distiller(config: DistillConfig, model_cfg: ModelConfig, task: TaskSpe
         external = offloaded(config.teacher, teacher_head(config.teacher, model_cfg.head), "distill.teacher")
     if not config.self_regularization:
         return ExternalDistillation(config, external, task_type) if external else Distiller()
-    if pruner.freezes_weights:  # SMP's weights never change: a teacher is an older mask
+    if pruner.freezes_weights:  # SMP's encoder never changes: a teacher is an older mask (and a task head, today's)
         def make_teacher():
             return MaskTeacher(engine.module, pruner, comm)
     else:

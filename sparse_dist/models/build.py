@@ -69,6 +69,11 @@ class BuiltModel:
     """The transformers model whose weights are trained or pruned (what an export writes)."""
     new_weights: tuple[str, ...] = ()
     """Names of the weights initialised here because the checkpoint lacked them."""
+    task_head: tuple[str, ...] = ()
+    """Names (in ``model``) of the task head's parameters when the head is a task layer on the encoder
+    (``model.head=classifier``): every parameter outside the base model (``bert.``, ``roberta.``), e.g.
+    ``classifier.weight`` of token classification or ``qa_outputs.bias`` of QA. Empty for a label-word
+    head, which is the pretrained masked-LM head, and for text-to-text models. SMP trains these."""
     warnings: tuple[str, ...] = ()
     """What the run should say loudly, at its start and in its summary (a label-word head not pretrained)."""
 
@@ -242,7 +247,17 @@ def build_model(model_cfg: ModelConfig, task: TaskSpec, deepspeed_config: dict[s
     if model_cfg.gradient_checkpointing:
         pretrained.gradient_checkpointing_enable()
     return BuiltModel(model=model, tokenizer=tokenizer, family=family, source=source, zero3_integration=integration,
-                      pretrained=pretrained, new_weights=missing, warnings=warnings)
+                      pretrained=pretrained, new_weights=missing, task_head=task_head_names(model, kind, label_words),
+                      warnings=warnings)
+
+
+def task_head_names(model: torch.nn.Module, kind: ModelKind, label_words: bool) -> tuple[str, ...]:
+    """The parameters of an encoder's task layer: those of ``model`` outside its base model (see
+    :attr:`BuiltModel.task_head`). Empty for a label-word head and for models that are not encoders."""
+    if label_words or kind != "encoder":
+        return ()
+    prefix = f"{model.base_model_prefix}."
+    return tuple(name for name, _ in model.named_parameters() if not name.startswith(prefix))
 
 
 @contextlib.contextmanager

@@ -6,7 +6,11 @@ scores initialised to ``score_init`` and trained by Adam at ``score_lr``.
 - movement: weights are trained too; the mask is the top-k of the scores (per matrix by default, as
   Sanh et al.; per type or global as options) at the schedule's remaining fraction, recomputed every
   step. No regulariser: none of the movement references has one.
-- smp: every pretrained weight and the head are frozen, only the scores train; SMP-L takes the top-k
+- smp: every pretrained weight is frozen and the scores train. With a label-word head (GLUE) that
+  head is frozen too and only the scores train. A task without label words (token classification,
+  extractive QA) has no pretrained head to read, so its new task layer (``classifier``, ``qa_outputs``;
+  never pruned) trains with the scores, at ``optimizer.lr`` with its schedule, while the encoder stays
+  bit for bit as pretrained: the mask is the only change to the encoder. SMP-L takes the top-k
   per matrix, SMP-S per matrix with budgets from the sigmoid mass of each type (see
   :mod:`~sparse_dist.pruning.scopes`). The regulariser ``lambda_t R(S)`` with
   ``lambda_t = lambda (1 - (1 - t/T)^3)`` pushes the sigmoid mass down.
@@ -25,6 +29,7 @@ which would shrink its gradient: 4 times at S = 0 with p = 4).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 
 import deepspeed
 import torch
@@ -51,14 +56,15 @@ class LearnedScorePruner(Pruner):
     def regularizer_on(self) -> bool:
         return self.regularized and self.config.regularizer_lambda > 0
 
-    def prepare(self, trained: torch.nn.Module) -> None:
+    def prepare(self, trained: torch.nn.Module, task_head: Sequence[str] = ()) -> None:
         self.layers = replace_with_masked(self.pretrained, self.sites, self.config.score_init)
         for layer in self.layers:
             layer.mode = "threshold"
             layer.track_sigmoid_mass = self.regularizer_on
-        if self.freezes_weights:  # weights, embeddings, norms and the head stay as pretrained
+        if self.freezes_weights:  # weights, embeddings, norms and a label-word head stay as pretrained
+            head = set(task_head)
             for name, param in trained.named_parameters():
-                param.requires_grad = trains_with_scores(name, param)
+                param.requires_grad = trains_with_scores(name, param) or name in head
 
     def pruned_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
         return [(f"{site.name}.scores", layer.scores) for site, layer in zip(self.sites, self.layers)]

@@ -49,8 +49,9 @@ class Pruner:
     regularized = False
     """Whether the method adds a regulariser to the loss (:meth:`loss_terms`): soft movement and SMP."""
     freezes_weights = False
-    """Whether only mask scores train, every pretrained weight and the head staying as they are (SMP): the
-    head is then the frozen label-word head, and the mask alone, with the base model, is the pruned model."""
+    """Whether every pretrained weight stays as it is and only mask scores train (SMP). With a label-word head
+    (GLUE) that head is pretrained and frozen too, and the mask alone, with the base model, is the pruned
+    model; a task without label words (NER, QA) trains its new task head with the scores (:meth:`prepare`)."""
     statistics = ()
     """Names of the fp32 tensors the method keeps per element of each fragment besides its mask (PLATON and
     PINS: their importance statistics); the memory planner (:mod:`sparse_dist.plan`) counts them."""
@@ -78,10 +79,12 @@ class Pruner:
     def selection_scope(self) -> str:
         return self.config.scope
 
-    def prepare(self, trained: torch.nn.Module) -> None:
+    def prepare(self, trained: torch.nn.Module, task_head: Sequence[str] = ()) -> None:
         """Change the model before the engine is built (nothing, unless the method learns scores).
 
-        ``trained`` is the whole module that will be trained (``pretrained`` or a module around it)."""
+        ``trained`` is the whole module that will be trained (``pretrained`` or a module around it);
+        ``task_head`` names its newly initialised task layer (:attr:`~sparse_dist.models.build.BuiltModel.task_head`),
+        which a method that freezes weights still trains."""
 
     def attach(self, engine) -> None:
         """Find this rank's fragments once the engine (and its optimizer) exists."""

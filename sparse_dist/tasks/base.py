@@ -171,8 +171,11 @@ class TaskType:
                        desc=f"tokenizing {task.name} train")
 
     def encode_eval(self, task: TaskSpec, raw: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, kind: str,
-                    max_seq_length: int, doc_stride: int | None = None) -> tuple[datasets.Dataset, list]:
-        """Tokenized dev inputs (with ``idx``) and the gold answers in ``idx`` order."""
+                    max_seq_length: int, doc_stride: int | None = None, n_best: int = 20,
+                    max_answer_length: int = 30) -> tuple[datasets.Dataset, list]:
+        """Tokenized dev inputs (with ``idx``) and the gold answers in ``idx`` order. ``doc_stride``, ``n_best``
+        and ``max_answer_length`` are extractive QA's windows and post-processing (``data.*``); other types
+        ignore them."""
         from sparse_dist.data.encode import encode_pair_inputs, encode_text_to_text_inputs
 
         def encode(batch: dict[str, list]) -> dict[str, list]:

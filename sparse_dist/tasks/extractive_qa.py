@@ -1,7 +1,8 @@
 """Extractive question answering (SQuAD v1.1): the answer is a span of the context, scored by EM and F1.
 
 Encoders only (BERT, RoBERTa: ``AutoModelForQuestionAnswering``, a start and an end logit per token); a
-text-to-text model or SMP's label-word head is refused. A context longer than the window
+text-to-text model or SMP's label-word head is refused (SMP trains the new ``qa_outputs`` layer with the
+mask scores on the frozen encoder instead). A context longer than the window
 (``data.max_seq_length`` tokens) is cut into windows overlapping by ``data.doc_stride`` tokens
 (:mod:`sparse_dist.data.extractive_qa`): one training example and one evaluation input per window.
 
@@ -21,9 +22,10 @@ from sparse_dist.tasks.base import TaskType
 from sparse_dist.tasks.spec import TaskSpec
 
 N_BEST_SIZE = 20
-"""Candidate start and end tokens per window in post-processing (as in HF's run_qa)."""
+"""Candidate start and end tokens per window in post-processing (as in HF's run_qa): ``data.n_best``'s default."""
 MAX_ANSWER_LENGTH = 30
-"""Longest answer in tokens that post-processing considers (as in HF's run_qa)."""
+"""Longest answer in tokens that post-processing considers (as in HF's run_qa): ``data.max_answer_length``'s
+default."""
 
 
 @dataclass
@@ -34,6 +36,10 @@ class QAGold:
     """Columns ``id``, ``context`` and ``answers`` of the questions, in file order."""
     windows: dict[str, list]
     """``example_id`` and ``offset_mapping`` of every window, in window (``idx``) order."""
+    n_best: int = N_BEST_SIZE
+    """Start and end candidates per window (``data.n_best``)."""
+    max_answer_length: int = MAX_ANSWER_LENGTH
+    """Longest answer in tokens (``data.max_answer_length``)."""
 
     def __len__(self) -> int:
         return len(self.examples["id"])
@@ -42,7 +48,7 @@ class QAGold:
 class ExtractiveQA(TaskType):
     name = "extractive_qa"
     problem_type = None
-    label_word_head = False  # a span has no label words: SMP and model.head=label_words are refused by the config
+    label_word_head = False  # a span has no label words: model.head=label_words is refused; SMP trains qa_outputs
 
     # --- data ---------------------------------------------------------------------------------------
 
@@ -74,7 +80,8 @@ class ExtractiveQA(TaskType):
 
         return encode_qa_train(raw, tokenizer, max_seq_length, _stride(max_seq_length, doc_stride))
 
-    def encode_eval(self, task, raw, tokenizer, kind, max_seq_length, doc_stride=None):
+    def encode_eval(self, task, raw, tokenizer, kind, max_seq_length, doc_stride=None, n_best=N_BEST_SIZE,
+                    max_answer_length=MAX_ANSWER_LENGTH):
         """Model inputs of every window (``idx`` = window number) and the :class:`QAGold` to score them."""
         from sparse_dist.data.extractive_qa import encode_qa_eval
 
@@ -83,7 +90,7 @@ class ExtractiveQA(TaskType):
         inputs = features.remove_columns(["example_id", "offset_mapping"])
         inputs = inputs.add_column("idx", list(range(len(inputs))))
         examples = raw.select_columns(["id", "context", "answers"]).to_dict()
-        return inputs, QAGold(examples=examples, windows=windows)
+        return inputs, QAGold(examples=examples, windows=windows, n_best=n_best, max_answer_length=max_answer_length)
 
     def loss_labels(self, batch):
         """(B, 2): the start and end position of each window's answer ([CLS] when the window lacks it)."""
@@ -109,8 +116,8 @@ class ExtractiveQA(TaskType):
 
         starts = np.stack([start for start, _ in predictions])
         ends = np.stack([end for _, end in predictions])
-        answers = postprocess_qa_predictions(gold.examples, gold.windows, starts, ends, N_BEST_SIZE,
-                                             MAX_ANSWER_LENGTH)
+        answers = postprocess_qa_predictions(gold.examples, gold.windows, starts, ends, gold.n_best,
+                                             gold.max_answer_length)
         return compute_squad_metrics([answers[qid] for qid in gold.examples["id"]],
                                      [a["text"] for a in gold.examples["answers"]])
 

@@ -12,8 +12,9 @@ Distillation needs nothing of its own: the task's logits are ``(B, L, C)`` and i
 which :mod:`sparse_dist.distill.losses` already compares position by position, keeping only the positions
 whose label is not -100, for the student and the teacher alike.
 
-Not served: text-to-text models (T5), and SMP's label-word head (there is no word to read a tag at); SMP
-needs that frozen head, so ``pruning.method=smp`` is refused for this type (:attr:`label_word_head`).
+Not served: text-to-text models (T5), and SMP's label-word head (there is no word to read a tag at,
+:attr:`label_word_head`). SMP runs with the token-classification layer instead: the encoder is frozen, and
+the mask scores and the new (unpruned) ``classifier`` train (:mod:`sparse_dist.pruning.learned`).
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ class TokenClassification(TaskType):
         return raw.map(encode, batched=True, remove_columns=raw.column_names, keep_in_memory=True,
                        desc=f"tokenizing {task.name} train")
 
-    def encode_eval(self, task, raw, tokenizer, kind: str, max_seq_length: int, doc_stride: int | None = None):
+    def encode_eval(self, task, raw, tokenizer, kind: str, max_seq_length: int, doc_stride: int | None = None,
+                    n_best: int = 20, max_answer_length: int = 30):
         from sparse_dist.data.token_classification import encode_token_labels
 
         def encode(batch: dict[str, list]) -> dict[str, list]:
