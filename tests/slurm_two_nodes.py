@@ -184,6 +184,11 @@ class TwoNodeCluster(SlurmClient):
         return subprocess.run([*self._enter(0), *command], capture_output=True,
                               text=True, env={**self.env, **(env or {})}, cwd=cwd, check=check)
 
+    def in_node(self, node: int) -> list[str]:
+        """The command prefix that runs a command in the node's network namespace (not its UTS and mount
+        namespaces: the hostname and hosts file stay the host's)."""
+        return self._enter(node)
+
     def node_processes(self, node: int) -> dict[int, str]:
         """Every process in the node's namespace but its SLURM daemons (slurmd, slurmstepd): pid -> command."""
         found = {}

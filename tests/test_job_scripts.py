@@ -36,7 +36,10 @@ if [ -n "${STUB_FAIL:-}" ]; then  # the ranks die (SIGKILL: status 137), after s
   fi
   exit 137
 fi
-stop() { mkdir -p "$RUN_DIR/checkpoints" && echo step00000008 > "$RUN_DIR/checkpoints/latest"; exit "${STUB_SIGNAL_STATUS:-75}"; }
+stop() {
+  mkdir -p "$RUN_DIR/checkpoints" && echo step00000008 > "$RUN_DIR/checkpoints/latest"
+  exit "${STUB_SIGNAL_STATUS:-75}"
+}
 trap stop USR1 TERM
 touch "$STUBS/srun.started"
 while true; do sleep 0.1; done
