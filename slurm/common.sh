@@ -66,7 +66,7 @@ launch() {
   local errors="$run_dir/torchrun_errors"
   rm -rf "$errors" && mkdir -p "$errors"
   local per_node='export TORCHELASTIC_ERROR_FILE="$1/node$SLURM_NODEID.json"
-exec "$2" --rdzv_conf "is_host=$(( SLURM_NODEID == 0 )),join_timeout=$3" "${@:4}"'
+exec "$3" --rdzv_conf "is_host=$(( SLURM_NODEID == 0 )),join_timeout=$2" "${@:4}"'
   echo "command: srun --ntasks-per-node=1 ${command[*]} (torchrun with --rdzv_conf is_host=1 on the first node, 0 elsewhere; join_timeout=$RDZV_TIMEOUT_S)"
 
   # USR1 (#SBATCH --signal, ahead of the time limit, or scancel --signal=USR1 --batch): checkpoint, then

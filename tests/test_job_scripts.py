@@ -127,7 +127,7 @@ def test_the_rendezvous_port_is_the_jobs_own_and_free(tmp_path):
     assert derived < port < derived + 100
     command = (stubs / "srun.args").read_text()
     assert f"--rdzv_endpoint localhost:{port} " in command  # where every node's torchrun meets
-    assert '--rdzv_conf "is_host=$(( SLURM_NODEID == 0 )),join_timeout=$3"' in command  # the first node hosts
+    assert '--rdzv_conf "is_host=$(( SLURM_NODEID == 0 )),join_timeout=$2"' in command  # the first node hosts
     assert f"node {tmp_path / 'run' / 'torchrun_errors'} 600 torchrun " in command  # RDZV_TIMEOUT_S's default
 
 
