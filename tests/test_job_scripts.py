@@ -24,6 +24,7 @@ CONFIG = "configs/tiny_bert_sst2.yaml"
 # node, or like torchrun agents whose rendezvous timed out (they write their error file and exit 1).
 SRUN = """#!/bin/bash
 echo "$@" > "$STUBS/srun.args"
+printf '%s\\0' "$@" > "$STUBS/srun.argv"
 echo "$MASTER_PORT" > "$STUBS/srun.port"
 echo $$ > "$STUBS/srun.pid"
 if [ "${STUB_FAIL:-}" = rendezvous_timeout ]; then
@@ -129,6 +130,20 @@ def test_the_rendezvous_port_is_the_jobs_own_and_free(tmp_path):
     assert f"--rdzv_endpoint localhost:{port} " in command  # where every node's torchrun meets
     assert '--rdzv_conf "is_host=$(( SLURM_NODEID == 0 )),join_timeout=$2"' in command  # the first node hosts
     assert f"node {tmp_path / 'run' / 'torchrun_errors'} 600 torchrun " in command  # RDZV_TIMEOUT_S's default
+    # What each node runs: its torchrun, told whether it hosts the store and how long to wait for the others,
+    # with an error file of its own (here `echo` stands in for torchrun).
+    argv = (stubs / "srun.argv").read_text().split("\0")[:-1]
+    wrapper = argv.index("-c")
+    per_node, arguments = argv[wrapper + 1], argv[wrapper + 2:]
+    assert arguments[:4] == ["node", str(tmp_path / "run" / "torchrun_errors"), "600", "torchrun"]
+    for node in (0, 1):
+        ran = subprocess.run(["bash", "-c", per_node.replace('exec "$3"', 'echo "$TORCHELASTIC_ERROR_FILE"; exec echo'),
+                              *arguments], env={**os.environ, "SLURM_NODEID": str(node)}, capture_output=True,
+                             text=True, check=True).stdout.splitlines()
+        assert ran[0] == str(tmp_path / "run" / "torchrun_errors" / f"node{node}.json")
+        assert ran[1].startswith(f"--rdzv_conf is_host={int(node == 0)},join_timeout=600 --nnodes 1 ")
+        assert ran[1].endswith(f"launch/train.py --config {CONFIG} job.run_dir={tmp_path / 'run'} "
+                               f"data.local_dir={DATA_DIR}")
 
 
 def test_a_given_rendezvous_port_in_use_stops_the_job_with_one_line(tmp_path):
