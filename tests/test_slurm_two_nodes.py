@@ -240,6 +240,10 @@ def test_a_two_node_job_stopped_by_usr1_and_requeued_onto_one_node_resumes_there
     # --nodes=1-2: SLURM starts the job on both idle nodes; sdnode1 is drained while it runs, so the job that
     # USR1 requeues can only start on sdnode0, with one rank: a 2-rank ZeRO-3 checkpoint resumed by 1 rank.
     run_dir, logs = tmp_path / "run", tmp_path / "logs"
+    deadline = time.monotonic() + 120
+    while cluster.run("sinfo", "-h", "-N", "-o", "%T").stdout.split() != ["idle", "idle"]:  # an earlier job's
+        assert time.monotonic() < deadline, cluster.run("sinfo", "-N").stdout  # node may still be completing
+        time.sleep(1)
     job = submit(cluster, run_dir, logs, data_dir, nodes="1-2", ranks_per_node=1)
     log_file, latest = logs / f"pins-t5-large-{job}.out", run_dir / "checkpoints" / "latest"
     deadline = time.monotonic() + 600
