@@ -67,7 +67,7 @@ launch() {
   rm -rf "$errors" && mkdir -p "$errors"
   local per_node='export TORCHELASTIC_ERROR_FILE="$1/node$SLURM_NODEID.json"
 exec "$3" --rdzv_conf "is_host=$(( SLURM_NODEID == 0 )),join_timeout=$2" "${@:4}"'
-  echo "command: srun --ntasks-per-node=1 ${command[*]} (torchrun with --rdzv_conf is_host=1 on the first node, 0 elsewhere; join_timeout=$RDZV_TIMEOUT_S)"
+  echo "command: srun --nodes=$NODES --ntasks=$NODES --ntasks-per-node=1 ${command[*]} (torchrun with --rdzv_conf is_host=1 on the first node, 0 elsewhere; join_timeout=$RDZV_TIMEOUT_S)"
 
   # USR1 (#SBATCH --signal, ahead of the time limit, or scancel --signal=USR1 --batch): checkpoint, then
   # requeue. TERM (scancel, preemption): checkpoint and stop. The ranks save at their next step boundary.
@@ -76,7 +76,10 @@ exec "$3" --rdzv_conf "is_host=$(( SLURM_NODEID == 0 )),join_timeout=$2" "${@:4}
   trap 'echo "TERM: checkpointing, then stopping"; stop=1; kill -TERM "$srun_pid" 2>/dev/null || true' TERM
   local latest="$run_dir/checkpoints/latest" saved_before saved_after
   saved_before=$(cat "$latest" 2>/dev/null || true)
-  srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c "$per_node" node "$errors" "$RDZV_TIMEOUT_S" "${command[@]}" &
+  # One task per node, counted explicitly: a job requeued onto fewer nodes (scontrol update NumNodes) keeps the
+  # task count it was submitted with in SLURM_NTASKS, and srun would start two hosts on one node.
+  srun --nodes="$NODES" --ntasks="$NODES" --ntasks-per-node=1 --kill-on-bad-exit=1 \
+    bash -c "$per_node" node "$errors" "$RDZV_TIMEOUT_S" "${command[@]}" &
   srun_pid=$!
   local status=0
   while kill -0 "$srun_pid" 2>/dev/null; do

@@ -160,7 +160,7 @@ def placements(log: str) -> set[tuple[str, int]]:
 
 def test_two_nodes_one_rank_each_match_one_node_with_two_ranks(cluster, two_node_run, tmp_path, data_dir):
     run_dir, log = two_node_run
-    assert "command: srun --ntasks-per-node=1 torchrun --nnodes 2 --nproc_per_node 1" in log, log[:3000]
+    assert "command: srun --nodes=2 --ntasks=2 --ntasks-per-node=1 torchrun --nnodes 2 --nproc_per_node 1" in log, log[:3000]
     assert "2 node(s) x 1 ranks" in log and "2 rank(s)" in log and "step 12/12" in log
     assert placements(log) == {(NODES[0], 0), (NODES[1], 1)}, log[:6000]  # each node's agent started a rank
     assert json.loads((run_dir / "COMPLETED").read_text())["steps"] == 12
@@ -258,7 +258,9 @@ def test_a_two_node_job_stopped_by_usr1_and_requeued_onto_one_node_resumes_there
         saved = latest.read_text().strip()
         assert re.search(rf"USR1: the ranks stopped \(launcher exit status \d+\) after saving {saved}", first_attempt)
         assert "run not complete: requeueing job" in first_attempt
-        cluster.run("scontrol", "update", f"JobId={job}", "NumNodes=1")
+        # One node with one task and its CPUs: NumNodes alone leaves NumTasks=2 (one per node), which needs two.
+        cluster.run("scontrol", "update", f"JobId={job}", "NumTasks=1", "NumCPUs=2")
+        cluster.run("scontrol", "update", f"JobId={job}", "NumNodes=1-1")
         cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
         fields = cluster.wait(job, finished, 900, "finished after the requeue")
     finally:
@@ -364,5 +366,5 @@ def test_a_node_that_never_arrives_ends_the_job_at_the_rendezvous_timeout_with_o
                   r"is as it was", log).group(0)], log[-4000:]
     assert not re.search(r"rank \d+ of \d+ on host", log)  # no rank started
     assert run_files(run_dir) == before
-    print(f"node 1 frozen ({len(frozen)} processes); the job ended {ended_s:.0f} s after its submission, its last "
-          f"process {gone_s:.0f} s after")
+    print(f"node 1 frozen ({len(frozen)} processes); the job ended {ended_s:.0f} s after its submission, the last of its "
+          f"processes gone {gone_s:.0f} s after it")
