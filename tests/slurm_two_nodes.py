@@ -190,7 +190,8 @@ class TwoNodeCluster(SlurmClient):
         return self._enter(node)
 
     def node_processes(self, node: int) -> dict[int, str]:
-        """Every process in the node's namespace but its SLURM daemons (slurmd, slurmstepd): pid -> command."""
+        """Every process in the node's namespace but its SLURM daemons (slurmd, slurmstepd, slurmctld and its
+        slurmscriptd): pid -> command."""
         found = {}
         for pid in self._namespace_pids(node):
             try:
@@ -198,7 +199,7 @@ class TwoNodeCluster(SlurmClient):
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
             except OSError:
                 continue
-            if comm not in {"slurmd", "slurmstepd", "slurmctld"}:
+            if comm not in {"slurmd", "slurmstepd", "slurmctld", "slurmscriptd"}:
                 found[pid] = cmdline
         return found
 
