@@ -231,7 +231,7 @@ def zero_patterns(run_dir: Path) -> dict[str, torch.Tensor]:
     """Where each 2-D weight of the exported model is zero: the masks folded into it."""
     from safetensors.torch import load_file
 
-    weights = load_file(run_dir / "final" / "model.safetensors")
+    weights = load_file(run_dir / "final" / "model" / "model.safetensors")
     return {name: tensor == 0 for name, tensor in weights.items() if tensor.dim() == 2}
 
 
