@@ -184,8 +184,14 @@ class TwoNodeCluster(SlurmClient):
         return subprocess.run([*self._enter(0), *command], capture_output=True,
                               text=True, env={**self.env, **(env or {})}, cwd=cwd, check=check)
 
+    def in_node(self, node: int) -> list[str]:
+        """The command prefix that runs a command in the node's network namespace (not its UTS and mount
+        namespaces: the hostname and hosts file stay the host's)."""
+        return self._enter(node)
+
     def node_processes(self, node: int) -> dict[int, str]:
-        """Every process in the node's namespace but its SLURM daemons (slurmd, slurmstepd): pid -> command."""
+        """Every process in the node's namespace but its SLURM daemons (slurmd, slurmstepd, slurmctld and its
+        slurmscriptd): pid -> command."""
         found = {}
         for pid in self._namespace_pids(node):
             try:
@@ -193,7 +199,7 @@ class TwoNodeCluster(SlurmClient):
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
             except OSError:
                 continue
-            if comm not in {"slurmd", "slurmstepd", "slurmctld"}:
+            if comm not in {"slurmd", "slurmstepd", "slurmctld", "slurmscriptd"}:
                 found[pid] = cmdline
         return found
 

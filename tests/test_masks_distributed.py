@@ -77,7 +77,7 @@ def prune_and_train(stages: list[int], root: str) -> dict:
             kept += int(mask.sum())
             copies = {"working": working[name].reshape(-1), "master": full_master(param).reshape(-1)}
             for key in ("exp_avg", "exp_avg_sq"):
-                copies[key] = full_optimizer_state(param, key, engine.optimizer).reshape(-1)
+                copies[key] = full_optimizer_state(engine, param, key)
             for copy, values in copies.items():
                 violations[copy] = violations.get(copy, 0) + int((values[pruned] != 0).sum())
             kept_zero = int((working[name].reshape(-1)[mask] == 0).sum())

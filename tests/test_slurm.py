@@ -53,7 +53,7 @@ def test_pins_t5_job_runs_to_the_end(cluster, tmp_path, data_dir):
 
     # The job log: what ran, at which commit, on how many ranks, and how it ended.
     assert re.search(r"^commit [0-9a-f]{40}$", log, re.M), log[:2000]
-    assert "command: srun --ntasks-per-node=1 torchrun --nnodes 1 --nproc_per_node 2" in log
+    assert "command: srun --nodes=1 --ntasks=1 --ntasks-per-node=1 torchrun --nnodes 1 --nproc_per_node 2" in log
     assert "job.run_dir=" + str(run_dir) in log and f"data.local_dir={data_dir}" in log
     assert "2 rank(s)" in log and "step 12/12" in log
     assert f"run complete: {run_dir}" in log

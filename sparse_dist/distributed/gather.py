@@ -69,15 +69,34 @@ def full_master(param: torch.nn.Parameter) -> torch.Tensor:
     return param.detach().to("cpu", torch.float32, copy=True)  # ZeRO-0 in fp32: the parameter is the master
 
 
-def full_optimizer_state(param: torch.nn.Parameter, key: str, optimizer=None) -> torch.Tensor | None:
-    """The whole optimizer state ``key`` (e.g. ``exp_avg``) of a weight (CPU copy). All ranks call."""
-    from deepspeed.utils import safe_get_full_optimizer_state
+def full_optimizer_state(engine, param: torch.nn.Parameter, key: str) -> torch.Tensor | None:
+    """The whole optimizer state ``key`` (``exp_avg``, ``exp_avg_sq``) of one of ``engine``'s trainable
+    weights, flat fp32 on CPU with ``full_numel(param)`` elements, on every rank; None before the optimizer
+    has made that state (before the first step) or for a frozen weight.
 
-    if hasattr(param, "ds_id") or _in_partitioned_optimizer(param):
-        state = safe_get_full_optimizer_state(param, key)
-        return None if state is None else state.detach().to("cpu", copy=True)
-    state = optimizer.state.get(param, {}).get(key) if optimizer is not None else None
-    return None if state is None else state.detach().to("cpu", copy=True)
+    Assembled from every rank's fragment (:mod:`~sparse_dist.distributed.fragments`), the same views the
+    checkpoint's optimizer fragments are written from, so the values are the optimizer's own, bit for bit.
+    DeepSpeed's ``safe_get_full_optimizer_state`` is not used: under ZeRO 1-2 it reads a state mapping made
+    when the optimizer was built, which torch's AdamW (the CPU optimizer) fills only at its first step, and
+    it fails with "exp_avg not found". All ranks must call it for the same weight (one all-gather of the
+    fragments). Stages: 0, 1, 2, 3.
+    """
+    import torch.distributed as dist
+
+    from sparse_dist.distributed.fragments import build_fragments
+    from sparse_dist.distributed.reshard import assemble
+
+    fragment = build_fragments(engine, [("", param)])[0]
+    state = fragment.optimizer_state(key) if fragment.trainable and fragment.numel else None
+    mine = None if state is None else (fragment.start, state.detach().to("cpu", copy=True))
+    every = [mine]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        every = [None] * dist.get_world_size()
+        dist.all_gather_object(every, mine)
+    pieces = [piece for piece in every if piece is not None]
+    if not pieces:
+        return None
+    return assemble(pieces, 0, full_numel(param))
 
 
 def _in_partitioned_optimizer(param: torch.nn.Parameter) -> bool:
