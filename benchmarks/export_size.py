@@ -20,10 +20,10 @@ import tempfile
 from pathlib import Path
 
 import torch
-from provenance import provenance
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
+from provenance import provenance
 from sparse_dist.models.build import resolve_model_source
 from sparse_dist.pruning.compressed import load_compressed_state_dict, save_compressed_model
 from sparse_dist.pruning.sites import find_sites

@@ -18,7 +18,6 @@ import json
 from pathlib import Path
 
 from provenance import provenance
-
 from sparse_dist.config import load_config
 from sparse_dist.plan import EXACT, parse_memory, plan_all_ranks
 

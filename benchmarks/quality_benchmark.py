@@ -35,8 +35,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from provenance import code_version, provenance, trainer_unchanged_since
 from tqdm import tqdm
+
+from provenance import code_version, provenance, trainer_unchanged_since
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -60,7 +61,8 @@ def method_overrides(method: str, remaining: float, steps: int, label_words: boo
     scores at 2e-2, a linear ramp with the last quarter at the target (a 6-layer model does not survive a
     cubic ramp at this budget), regulariser 400. PLATON/PINS: window 10, beta 0.85/0.95; PINS adds
     self-regularization with the teacher refreshed at each dev improvement. Without ``label_words`` (NER,
-    QA) SMP keeps the task's own head, which trains at ``optimizer.lr`` while the encoder stays frozen. Soft movement: scores at 4e-2
+    QA) SMP keeps the task's own head, which trains at ``optimizer.lr`` while the encoder stays frozen.
+    Soft movement: scores at 4e-2
     and the threshold of :func:`soft_threshold`, regulariser 400. Movement: scores at 1e-2, global top-k
     (given explicitly: the method's default is per matrix) and no regulariser (it has none).
     """

@@ -39,8 +39,8 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from provenance import provenance
 
+from provenance import provenance
 from sparse_dist.distributed.spawn import run_distributed
 
 RESULTS = Path(__file__).resolve().parent / "results"

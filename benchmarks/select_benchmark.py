@@ -35,8 +35,8 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from provenance import provenance
 
+from provenance import provenance
 from sparse_dist.distributed.comm import TorchCommunicator
 from sparse_dist.distributed.select import GroupLayout, ScoreShard, select_topk
 from sparse_dist.distributed.spawn import run_distributed

@@ -31,8 +31,8 @@ import tempfile
 from pathlib import Path
 
 import torch.distributed as dist
-from provenance import provenance
 
+from provenance import provenance
 from sparse_dist.distributed.spawn import run_distributed
 
 RESULTS = Path(__file__).resolve().parent / "results"

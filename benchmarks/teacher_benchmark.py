@@ -40,8 +40,8 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from provenance import provenance
 
+from provenance import provenance
 from sparse_dist.config import load_config
 from sparse_dist.distributed.comm_count import CollectiveCounter
 from sparse_dist.distributed.gather import track_gathered_peak

@@ -4,8 +4,9 @@ the running test handed to ``harness`` (which refuses to start ranks in a test n
 import os
 from pathlib import Path
 
-import harness
 import pytest
+
+import harness
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO.parent / "shared" / "data"

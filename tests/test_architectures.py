@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from harness import run_distributed
-from runs import tiny_config
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, BertTokenizer
 
+from harness import run_distributed
 from launch.train import main
+from runs import tiny_config
 from sparse_dist.checkpoint import run_signature, signature_differences
 from sparse_dist.config import ConfigError
 from sparse_dist.distributed.gather import full_numel

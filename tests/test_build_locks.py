@@ -9,7 +9,6 @@ import time
 
 from conftest import REPO
 from runs import DATA_DIR
-
 from sparse_dist.distributed.ops import stale_build_locks
 
 # What torch.utils.cpp_extension does around every build: create the lock with FileBaton, keep it open.

@@ -12,12 +12,12 @@ import copy
 import pytest
 import torch
 import torch.distributed as dist
-from harness import run_distributed
-from runs import tiny_config
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
+from harness import run_distributed
+from runs import tiny_config
 from sparse_dist.distributed.env import init_distributed
 from sparse_dist.distributed.gather import iter_full_parameters
 from sparse_dist.models.tiny import tiny_checkpoint

@@ -4,9 +4,9 @@ with the teacher's logits equal to those of the same directory loaded by plain t
 import pytest
 import torch
 import torch.nn.functional as F
-from harness import run_distributed
 from transformers import AutoModelForSequenceClassification
 
+from harness import run_distributed
 from runs import tiny_config
 from sparse_dist.distributed.env import init_distributed
 from sparse_dist.trainer import Trainer

@@ -195,7 +195,8 @@ def check_train(command: Command, args: argparse.Namespace, world_size: int, che
 
 
 def check_launch_script(command: Command, script: str, args: list[str], world_size: int, checked: Checked) -> None:
-    """A script a launcher starts: launch/train.py, launch/export.py or launch/eval.py (sparse-dist train/export/eval)."""
+    """A script a launcher starts: launch/train.py, launch/export.py or launch/eval.py (sparse-dist train, export,
+    eval)."""
     scripts = {"launch/train.py": "train", "launch/export.py": "export", "launch/eval.py": "eval"}
     if script not in scripts:
         fail(command, f"launchers start {', '.join(scripts)}, not {script}")
@@ -556,7 +557,8 @@ def test_a_block_without_language_or_with_a_wrong_command_fails_the_check(tmp_pa
     ("python -m pytest -q -m 'not fast'", "marks \\['fast'\\] are not declared in pyproject.toml"),
     ("python -m pytest tests/test_nothing.py", "test file tests/test_nothing.py does not exist"),
     ("torchrun --nproc_per_node 3 launch/train.py --config configs/minilm_sst2.yaml", "config error on 3 rank"),
-    ("deepspeed --num_gpus 2 launch/evaluate.py", "launchers start launch/train.py, launch/export.py, launch/eval.py, not launch/evaluate.py"),
+    ("deepspeed --num_gpus 2 launch/evaluate.py",
+     "launchers start launch/train.py, launch/export.py, launch/eval.py, not launch/evaluate.py"),
     ("python -m launch.train", "no --config"),
     ("CONFIG=configs/minilm_sst2.yaml python -m launch.train --check", "for the job scripts only"),
 ])

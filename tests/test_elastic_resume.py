@@ -17,9 +17,8 @@ import signal
 import pytest
 import torch
 import torch.distributed as dist
-from harness import run_distributed
-from state_digest import full_pruning_state
 
+from harness import run_distributed
 from runs import tiny_config
 from sparse_dist.distributed.env import init_distributed
 from sparse_dist.distributed.fragments import build_fragments
@@ -28,6 +27,7 @@ from sparse_dist.distributed.optimizer_state import optimizer_groups
 from sparse_dist.distributed.reshard import assemble
 from sparse_dist.pruning.export import full_masks
 from sparse_dist.trainer import Trainer
+from state_digest import full_pruning_state
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 STEPS, STOP_AFTER = 6, 3

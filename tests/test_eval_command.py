@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from harness import run_distributed
 from runs import DATA_DIR, tiny_config
-
 from sparse_dist.cli.eval import main as eval_main
 from sparse_dist.distributed.env import free_port
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from harness import run_distributed
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
 
+from harness import run_distributed
 from runs import tiny_config
 from sparse_dist.distributed.env import free_port, init_distributed
 from sparse_dist.models.tiny import tiny_checkpoint

@@ -5,9 +5,9 @@ import json
 
 import pytest
 import torch
-from harness import run_distributed
 from safetensors.torch import load_file
 
+from harness import run_distributed
 from runs import tiny_config
 from sparse_dist.distributed.env import init_distributed
 from sparse_dist.pruning.compressed import load_compressed_model, load_compressed_state_dict

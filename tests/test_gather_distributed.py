@@ -10,8 +10,8 @@ the optimizer steps plain whole tensors (so the assembled layout is the weight's
 import pytest
 import torch
 import torch.distributed as dist
-from harness import run_distributed
 
+from harness import run_distributed
 from runs import tiny_config
 from sparse_dist.data.sampler import TrainBatchSampler
 from sparse_dist.data.task_data import build_train_loader

@@ -4,14 +4,14 @@ import math
 
 import pytest
 import torch
-from simulated_ranks import run_ranks
-from tiny_pruning import even_fragments, two_block_model
 
+from simulated_ranks import run_ranks
 from sparse_dist.config import ConfigError, load_config
 from sparse_dist.distill.losses import adaptive_kd, loss_units, standard_kd
 from sparse_dist.pruning.importance import ImportancePruner, ImportanceState, pins_importance, platon_importance
 from sparse_dist.pruning.schedule import kept_count
 from sparse_dist.pruning.sites import find_sites
+from tiny_pruning import even_fragments, two_block_model
 
 
 def reference_platon(importances: list[list[float]], window: int, beta1: float, beta2: float):

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from harness import run_distributed
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertForSequenceClassification
 
+from harness import run_distributed
 from sparse_dist.config import ConfigError, ModelConfig
 from sparse_dist.models.build import build_model
 from sparse_dist.models.label_order import compute_label_order

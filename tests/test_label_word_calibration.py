@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from harness import run_distributed
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForMaskedLM
 
+from harness import run_distributed
 from runs import DATA_DIR, tiny_overrides
 from sparse_dist.checkpoint import run_signature
 from sparse_dist.config import ConfigError, load_config

@@ -11,8 +11,8 @@ import math
 
 import pytest
 import torch.distributed as dist
-from harness import run_distributed
 
+from harness import run_distributed
 from runs import tiny_config
 from sparse_dist.data.sampler import TrainBatchSampler
 from sparse_dist.data.task_data import build_train_loader

@@ -13,9 +13,9 @@ import shutil
 import pytest
 import torch
 import torch.distributed as dist
+
 from harness import run_distributed
 from runs import DATA_DIR, tiny_config
-
 from sparse_dist.config import ConfigError, load_config
 from sparse_dist.data.conll import CONLL2003_LABELS
 from sparse_dist.data.load import check_data_source, load_split

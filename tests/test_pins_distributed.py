@@ -7,10 +7,9 @@ import re
 import pytest
 import torch
 import torch.distributed as dist
+
 from agreement import SelectionSpy, compare
 from harness import run_distributed
-from test_importance_units import reference_platon
-
 from runs import tiny_config
 from sparse_dist.data.sampler import TrainBatchSampler
 from sparse_dist.data.task_data import build_train_loader
@@ -19,6 +18,7 @@ from sparse_dist.distributed.gather import iter_full_parameters, track_gathered_
 from sparse_dist.pruning.export import full_masks
 from sparse_dist.pruning.schedule import kept_count
 from sparse_dist.trainer import Trainer
+from test_importance_units import reference_platon
 
 pytestmark = pytest.mark.distributed
 WINDOW, STEPS = 2, 6

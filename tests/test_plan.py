@@ -4,8 +4,8 @@ tiny BERT, T5 and GPT-2 at 1 and 2 ranks under ZeRO 0-3 with every pruning metho
 from __future__ import annotations
 
 import pytest
-from harness import run_distributed
 
+from harness import run_distributed
 from runs import tiny_config
 from sparse_dist.cli import main as cli_main
 

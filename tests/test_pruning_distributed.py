@@ -24,9 +24,9 @@ import math
 import pytest
 import torch
 import torch.distributed as dist
+
 from agreement import SelectionSpy, compare, fixed_scores
 from harness import run_distributed
-
 from runs import tiny_config
 from sparse_dist.distributed.env import init_distributed
 from sparse_dist.distributed.gather import iter_full_parameters

@@ -4,10 +4,9 @@ import math
 
 import pytest
 import torch
-from simulated_ranks import run_ranks
-from tiny_pruning import even_fragments, two_block_model
 from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
+from simulated_ranks import run_ranks
 from sparse_dist.config import REGULARIZED_METHODS, ConfigError, PruningConfig, load_config
 from sparse_dist.distill.teacher import MaskTeacher
 from sparse_dist.distributed.bitmask import PackedMask, word_dtype
@@ -18,6 +17,7 @@ from sparse_dist.pruning.masked_linear import MaskedLinear
 from sparse_dist.pruning.schedule import SparsitySchedule, kept_count
 from sparse_dist.pruning.scopes import build_grouping, sigmoid_mass, smp_budgets, uniform_ks
 from sparse_dist.pruning.sites import Site, find_sites, sites_table
+from tiny_pruning import even_fragments, two_block_model
 
 
 def test_cubic_schedule_at_its_edges():

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from harness import run_distributed
 
+from harness import run_distributed
 from runs import DATA_DIR, tiny_config
 from sparse_dist.config import ConfigError, load_config
 from sparse_dist.data.extractive_qa import postprocess_qa_predictions

@@ -2,8 +2,8 @@
 entity F1 well above the majority tag's, SQuAD F1 well above zero, each within a few dozen steps."""
 
 import pytest
-from harness import run_distributed
 
+from harness import run_distributed
 from sparse_dist.config import load_config
 from sparse_dist.distributed.env import init_distributed
 from sparse_dist.trainer import Trainer

@@ -8,9 +8,9 @@ import signal
 
 import numpy as np
 import pytest
-from harness import run_distributed
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from harness import run_distributed
 from runs import tiny_config
 from sparse_dist.cli import main as cli
 from sparse_dist.distributed.env import init_distributed

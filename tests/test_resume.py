@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch.distributed as dist
-from harness import run_distributed
-from state_digest import full_pruning_state
 
+from harness import run_distributed
 from runs import tiny_config
 from sparse_dist.checkpoint import Checkpointer
 from sparse_dist.config import ConfigError
@@ -26,6 +25,7 @@ from sparse_dist.distributed.gather import full_master, iter_full_parameters
 from sparse_dist.preflight import incomplete_because
 from sparse_dist.pruning.export import full_masks
 from sparse_dist.trainer import Trainer
+from state_digest import full_pruning_state
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 STEPS, KILL_AFTER = 8, 5

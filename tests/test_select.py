@@ -6,9 +6,9 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from simulated_ranks import run_ranks
 
 import sparse_dist.distributed.select as select_module
+from simulated_ranks import run_ranks
 from sparse_dist.distributed.band_pass import band_pass
 from sparse_dist.distributed.select import GroupLayout, ScoreShard, select_topk
 

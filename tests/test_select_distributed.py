@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from harness import run_distributed
-from test_select import reference_masks
 
+from harness import run_distributed
 from sparse_dist.distributed.comm import TorchCommunicator
 from sparse_dist.distributed.select import ScoreShard, select_topk
+from test_select import reference_masks
 
 pytestmark = pytest.mark.distributed
 

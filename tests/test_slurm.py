@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO
-from slurm_cluster import SlurmCluster, missing_requirements
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from conftest import REPO
+from slurm_cluster import SlurmCluster, missing_requirements
 from sparse_dist.distributed.env import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

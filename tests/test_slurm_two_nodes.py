@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from conftest import REPO
 from slurm_two_nodes import NODES, TwoNodeCluster, missing_requirements
-
 from sparse_dist.distributed.ops import OPS, extensions_dir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -160,7 +160,8 @@ def placements(log: str) -> set[tuple[str, int]]:
 
 def test_two_nodes_one_rank_each_match_one_node_with_two_ranks(cluster, two_node_run, tmp_path, data_dir):
     run_dir, log = two_node_run
-    assert "command: srun --nodes=2 --ntasks=2 --ntasks-per-node=1 torchrun --nnodes 2 --nproc_per_node 1" in log, log[:3000]
+    expected = "command: srun --nodes=2 --ntasks=2 --ntasks-per-node=1 torchrun --nnodes 2 --nproc_per_node 1"
+    assert expected in log, log[:3000]
     assert "2 node(s) x 1 ranks" in log and "2 rank(s)" in log and "step 12/12" in log
     assert placements(log) == {(NODES[0], 0), (NODES[1], 1)}, log[:6000]  # each node's agent started a rank
     assert json.loads((run_dir / "COMPLETED").read_text())["steps"] == 12
@@ -366,5 +367,5 @@ def test_a_node_that_never_arrives_ends_the_job_at_the_rendezvous_timeout_with_o
                   r"is as it was", log).group(0)], log[-4000:]
     assert not re.search(r"rank \d+ of \d+ on host", log)  # no rank started
     assert run_files(run_dir) == before
-    print(f"node 1 frozen ({len(frozen)} processes); the job ended {ended_s:.0f} s after its submission, the last of its "
-          f"processes gone {gone_s:.0f} s after it")
+    print(f"node 1 frozen ({len(frozen)} processes); the job ended {ended_s:.0f} s after its submission, "
+          f"the last of its processes gone {gone_s:.0f} s after it")

@@ -12,9 +12,9 @@ import hashlib
 import pytest
 import torch
 import torch.distributed as dist
+
 from harness import run_distributed
 from runs import tiny_config
-
 from sparse_dist.distributed.env import init_distributed
 from sparse_dist.distributed.gather import iter_full_parameters
 from sparse_dist.pruning.export import full_masks
@@ -51,7 +51,8 @@ def smp_runs(root: str) -> dict:
         weights = [n for n in before if not n.endswith(".scores") and n not in head]
         out[f"{task}/z{stage}"] = {
             "head": sorted(head), "head_model": config.model.head,
-            "trainable": sorted(n for n, p in model.named_parameters() if p.requires_grad and not n.endswith(".scores")),
+            "trainable": sorted(n for n, p in model.named_parameters()
+                                if p.requires_grad and not n.endswith(".scores")),
             "weights": len(weights), "weights_changed": [n for n in weights if not torch.equal(before[n], after[n])],
             "head_unchanged": [n for n in head if torch.equal(before[n], after[n])],
             "scores_changed": sum(not torch.equal(before[n], after[n]) for n in before if n.endswith(".scores")),

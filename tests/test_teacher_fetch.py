@@ -7,9 +7,9 @@ import deepspeed
 import pytest
 import torch
 import torch.nn.functional as F
+
 from harness import run_distributed
 from runs import tiny_config
-
 from sparse_dist.distill.losses import adaptive_kd
 from sparse_dist.distill.teacher import teacher_deepspeed_config
 from sparse_dist.distributed.block_fetch import block_bytes, find_blocks

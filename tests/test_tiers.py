@@ -1,8 +1,9 @@
 """The tiers select tests by their marks (``make test-fast``: ``-m "not slow and not e2e"``); a test that
 starts gloo ranks without the ``distributed`` mark is refused, so it cannot land in the wrong tier unseen."""
 
-import harness
 import pytest
+
+import harness
 
 
 def test_an_unmarked_test_cannot_start_ranks():

@@ -9,8 +9,8 @@ the global batch is cut into micro-batches and ranks either.
 
 import pytest
 import torch.distributed as dist
-from harness import run_distributed
 
+from harness import run_distributed
 from runs import tiny_config
 from sparse_dist.distributed.env import init_distributed
 from sparse_dist.trainer import Trainer

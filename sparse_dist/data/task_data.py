@@ -50,8 +50,9 @@ def build_task_data(data: DataConfig, task: TaskSpec, tokenizer: PreTrainedToken
     dev = []
     for split in task.dev_splits:
         raw = load_split(task, split, data.local_dir, data.max_eval_examples)
-        inputs, gold = task.type.encode_eval(task, raw, tokenizer, kind, data.max_seq_length, doc_stride=data.doc_stride,
-                                             n_best=data.n_best, max_answer_length=data.max_answer_length)
+        inputs, gold = task.type.encode_eval(task, raw, tokenizer, kind, data.max_seq_length,
+                                             doc_stride=data.doc_stride, n_best=data.n_best,
+                                             max_answer_length=data.max_answer_length)
         dev.append(EvalSet(split=split, inputs=inputs, gold=gold))
     log.info("task %s: %s training examples, dev: %s", task.name, "no" if train is None else len(train),
              ", ".join(f"{d.split} {len(d.inputs)}" for d in dev))
