@@ -10,8 +10,9 @@ the parameters as the trainer does, and counts what each rank allocates by DeepS
   statistics, packed masks and the teacher's CPU partition;
 - estimated: gradient reduction buckets, ZeRO-3's gathered parameters, the teacher's gathered blocks,
   activations (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models",
-  eq. 1: ``s b h (34 + 5 a s / h)`` bytes per layer at 16 bits) and, on CPUs, the process baseline
-  (measured: ``benchmarks/memory_breakdown.py``).
+  eq. 1: ``s b h (34 + 5 a s / h)`` bytes per layer at 16 bits) and, on CPUs, the memory glibc keeps
+  after ZeRO-3 frees whole parameters and gradients, and the process baseline (both measured:
+  ``benchmarks/memory_breakdown.py``).
 
 Precision follows the trainer: bf16 on a GPU (DeepSpeed's fused Adam), fp32 on a CPU (torch's AdamW, whose
 ``step`` is a 4-byte tensor per parameter it steps).
@@ -27,11 +28,13 @@ from sparse_dist.distributed import zero_layout as zl
 
 EXACT, ESTIMATE = "exact", "estimate"
 FP32 = 4
-CPU_PROCESS_BASELINE_BYTES = 360 * 2**20
-"""Resident set of a CPU rank before it builds anything: torch, DeepSpeed and transformers imported, gloo
-initialised (measured: 0.35 GiB, ``rss_at_start_bytes`` of every cell of ``benchmarks/results/scale_benchmark*.json``,
-torch 2.13; 362 MiB in ``benchmarks/results/memory_breakdown_t5-small_dense.json``). 0.34 GiB of it is anonymous
-memory, so it counts once per rank, not once per machine."""
+CPU_PROCESS_BASELINE_BYTES = 466 * 2**20
+"""Resident set of a CPU rank once its trainer is built around a model of no size: 0.35 GiB of torch,
+DeepSpeed and transformers imported with gloo initialised (``rss_at_start_bytes`` of every cell of
+``benchmarks/results/scale_benchmark*.json``, torch 2.13), plus 0.11 GiB of libraries, tokenizer and data
+loaded while the trainer is built (``rss_built_bytes`` of the 33k-parameter tiny BERT cells: 466 MiB). Almost
+all of it is anonymous memory (``benchmarks/results/memory_breakdown_*.json``: 337 of 362 MiB at the start),
+so it counts once per rank, not once per machine."""
 
 
 @dataclass
@@ -361,9 +364,18 @@ def _count(config: RunConfig, m: _Model, teachers: list[list[int]], world: int, 
     add(PlanLine("activations", _activation_bytes(config, m, width), 0, ESTIMATE,
                  "Korthikanti et al. 2022 eq. 1, per micro-batch" +
                  (", checkpointed" if config.model.gradient_checkpointing else "")))
+    if not on_gpu and stage == 3:
+        # glibc keeps what ZeRO-3 frees after each module in its heap arenas instead of returning it: the
+        # gathered whole parameters and autograd's whole gradients (copied into the bucket, then freed) are
+        # below its mmap threshold (32 MiB at most). Measured (benchmarks/memory_breakdown.py): free bytes
+        # kept by malloc after a step 450 MiB on t5-small and 1,728 MiB on t5-base, 0.97x and 1.02x
+        # (parameters + trainable parameters) x 4 B; malloc_trim(0) gives 427 and 1,715 MiB of it back.
+        gathered = sum(p.numel for p in m.params) + sum(p.numel for g in m.groups for p in g)
+        add(PlanLine("allocator cache", gathered * width, 0, ESTIMATE,
+                     "CPU: freed gathered weights and gradients glibc keeps"))
     if not on_gpu:
         add(PlanLine("process baseline", CPU_PROCESS_BASELINE_BYTES, 0, ESTIMATE,
-                     "libraries and interpreter, measured before the model is built"))
+                     "libraries, interpreter, tokenizer and data: measured"))
     parameters = sum(p.numel for p in m.params if not p.name.endswith(".scores"))
     description = _describe(config, m, parameters, stage, precision, on_gpu, world)
     return MemoryPlan(rank=rank, world_size=world, stage=stage, precision=precision, on_gpu=on_gpu,
