@@ -6,7 +6,7 @@ cell, with glibc's allocator statistics and the planner's exact categories.
 
 Runs the cell exactly as ``benchmarks/scale_benchmark.py`` does (2 gloo ranks, ZeRO-3, the same overrides)
 and records on every rank, at each point (start, model built, engine initialised, trainer built, then after
-the forward, backward and optimizer step of each of ``--steps`` steps): ``VmRSS`` and ``VmHWM`` and the
+the forward, backward, optimizer step and pruner step of each of ``--steps`` steps): ``VmRSS`` and ``VmHWM`` and the
 resident set split into anonymous, file-backed (shared libraries, also mapped by the other rank) and shared
 memory; glibc's ``mallinfo2`` (bytes in use, free but kept in the heap arenas, and in mmapped chunks). At the
 end: :func:`sparse_dist.distributed.memory.measure_allocated` (the planner's exact categories), the
@@ -94,6 +94,7 @@ def run(model: str, method: str, steps: int, run_dir: str) -> dict:
         engine.forward = after(type(engine).forward.__get__(engine), f"step {i + 1} forward")
         engine.backward = after(type(engine).backward.__get__(engine), f"step {i + 1} backward")
         engine.step = after(type(engine).step.__get__(engine), f"step {i + 1} optimizer")
+        trainer.pruner.step = after(type(trainer.pruner).step.__get__(trainer.pruner), f"step {i + 1} pruner")
         trainer.train_step([next(batches) for _ in range(config.grad_accum_steps)])
         trainer.step += 1
         dist.barrier()
