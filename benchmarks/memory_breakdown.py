@@ -108,7 +108,8 @@ def run(model: str, method: str, steps: int, run_dir: str) -> dict:
     return {"rank": env.rank, "points": [*points, before_trim, snapshot("after malloc_trim(0)")],
             "allocated": allocated, "trainable_parameters": trainable,
             "reduce_bucket_elements": int(getattr(optimizer, "reduce_bucket_size", 0)),
-            "grad_partition_buffer_bytes": 0 if grad_buffer is None else grad_buffer.numel() * grad_buffer.element_size(),
+            "grad_partition_buffer_bytes":
+                0 if grad_buffer is None else grad_buffer.numel() * grad_buffer.element_size(),
             "torch_threads": torch.get_num_threads()}
 
 
