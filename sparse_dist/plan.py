@@ -8,9 +8,11 @@ the parameters as the trainer does, and counts what each rank allocates by DeepS
 - exact (checked against real engines by ``tests/test_plan.py``): weights, gradients the optimizer reads,
   optimizer state (fp32 master and Adam moments), mask scores and their optimizer state, importance
   statistics, packed masks and the teacher's CPU partition;
-- estimated: gradient reduction buckets, ZeRO-3's gathered parameters, the teacher's gathered blocks and
+- estimated: gradient reduction buckets, ZeRO-3's gathered parameters, the teacher's gathered blocks,
   activations (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models",
-  eq. 1: ``s b h (34 + 5 a s / h)`` bytes per layer at 16 bits).
+  eq. 1: ``s b h (34 + 5 a s / h)`` bytes per layer at 16 bits) and, on CPUs, the memory glibc keeps
+  after ZeRO-3 frees whole parameters and gradients, and the process baseline (both measured:
+  ``benchmarks/memory_breakdown.py``).
 
 Precision follows the trainer: bf16 on a GPU (DeepSpeed's fused Adam), fp32 on a CPU (torch's AdamW, whose
 ``step`` is a 4-byte tensor per parameter it steps).
@@ -26,6 +28,13 @@ from sparse_dist.distributed import zero_layout as zl
 
 EXACT, ESTIMATE = "exact", "estimate"
 FP32 = 4
+CPU_PROCESS_BASELINE_BYTES = 466 * 2**20
+"""Resident set of a CPU rank once its trainer is built around a model of no size: 0.35 GiB of torch,
+DeepSpeed and transformers imported with gloo initialised (``rss_at_start_bytes`` of every cell of
+``benchmarks/results/scale_benchmark*.json``, torch 2.13), plus 0.11 GiB of libraries, tokenizer and data
+loaded while the trainer is built (``rss_built_bytes`` of the 33k-parameter tiny BERT cells: 466 MiB). Almost
+all of it is anonymous memory (``benchmarks/results/memory_breakdown_*.json``: 337 of 362 MiB at the start),
+so it counts once per rank, not once per machine."""
 
 
 @dataclass
@@ -341,7 +350,7 @@ def _count(config: RunConfig, m: _Model, teachers: list[list[int]], world: int, 
                  "ZeRO-3 partitions in CPU memory" if teachers else "older masks" if teacher_bytes else "no teacher"))
 
     # --- estimates --------------------------------------------------------------------------------------
-    add(_buckets(config, m, world, width, stage, template, optimizer_on_host))
+    add(_buckets(config, m, world, width, stage, template, on_gpu))
     layer_numels = m.blocks
     if stage == 3:
         largest = max(layer_numels, default=0)
@@ -355,19 +364,43 @@ def _count(config: RunConfig, m: _Model, teachers: list[list[int]], world: int, 
     add(PlanLine("activations", _activation_bytes(config, m, width), 0, ESTIMATE,
                  "Korthikanti et al. 2022 eq. 1, per micro-batch" +
                  (", checkpointed" if config.model.gradient_checkpointing else "")))
+    if not on_gpu and stage == 3:
+        # glibc keeps what ZeRO-3 frees after each module in its heap arenas instead of returning it: the
+        # gathered whole parameters and autograd's whole gradients (copied into the bucket, then freed) are
+        # below its mmap threshold (32 MiB at most). Measured (benchmarks/memory_breakdown.py): free bytes
+        # kept by malloc after a step 450 MiB on t5-small and 1,728 MiB on t5-base, 0.97x and 1.02x
+        # (parameters + trainable parameters) x 4 B; malloc_trim(0) gives 427 and 1,715 MiB of it back.
+        gathered = sum(p.numel for p in m.params) + sum(p.numel for g in m.groups for p in g)
+        add(PlanLine("allocator cache", gathered * width, 0, ESTIMATE,
+                     "CPU: freed gathered weights and gradients glibc keeps"))
+    if not on_gpu:
+        add(PlanLine("process baseline", CPU_PROCESS_BASELINE_BYTES, 0, ESTIMATE,
+                     "libraries, interpreter, tokenizer and data: measured"))
     parameters = sum(p.numel for p in m.params if not p.name.endswith(".scores"))
     description = _describe(config, m, parameters, stage, precision, on_gpu, world)
     return MemoryPlan(rank=rank, world_size=world, stage=stage, precision=precision, on_gpu=on_gpu,
                       description=description, parameters=parameters, lines=lines)
 
 
-def _buckets(config, m: _Model, world, width, stage, template, optimizer_on_host) -> PlanLine:
+def _buckets(config, m: _Model, world, width, stage, template, on_gpu) -> PlanLine:
     """DeepSpeed's gradient reduction buffers: the bucket (``reduce_bucket_size`` elements) and, below ZeRO-3,
-    where reduced gradients accumulate (whole under ZeRO-1, this rank's partition under ZeRO-2)."""
+    where reduced gradients accumulate (whole under ZeRO-1, this rank's partition under ZeRO-2).
+
+    On a GPU the caching allocator holds the whole bucket. On a CPU the bucket is ``torch.empty``: only the
+    pages gradients are written into become resident, at most ``min(reduce_bucket_size, trainable)``
+    elements; and ZeRO-3's reduce-scatter (``reduce_scatter_coalesced``) concatenates the bucket's gradients
+    into a second flat buffer of the same size before sending it (measured: t5-small's RSS peaks at the end
+    of the backward, ``benchmarks/results/memory_breakdown_t5-small_dense.json``)."""
     trainable = sum(p.numel for g in m.groups for p in g)
     if stage == 0:
         return PlanLine("gradient buckets", 0, 0, ESTIMATE, "ZeRO-0: gradients are all-reduced in place")
-    bucket = int(template.get("reduce_bucket_size", zl.DEFAULT_REDUCE_BUCKET_SIZE)) * width  # allocated whole
+    bucket_numel = int(template.get("reduce_bucket_size", zl.DEFAULT_REDUCE_BUCKET_SIZE))
+    if on_gpu:
+        bucket, note = bucket_numel * width, "reduce bucket"
+    else:
+        touched = min(bucket_numel, trainable) * width
+        bucket, note = (2 * touched, "reduce bucket's touched pages and reduce-scatter's flat copy") if stage == 3 \
+            else (touched, "reduce bucket's touched pages")
     if stage == 1:
         extra = trainable * width
     elif stage == 2:
@@ -375,7 +408,7 @@ def _buckets(config, m: _Model, world, width, stage, template, optimizer_on_host
     else:
         extra = 0
     return PlanLine("gradient buckets", bucket + extra, 0, ESTIMATE,
-                    "reduce bucket" + (" and accumulated gradients" if extra else ""))
+                    note + (" and accumulated gradients" if extra else ""))
 
 
 def _hidden(config) -> int:

@@ -147,6 +147,23 @@ def test_zero3_partitions_shrink_with_the_world_size_and_pins_teacher_is_on_the_
     assert eight.line("importance statistics").device_bytes == 3 * 4 * 16_384 // 8
 
 
+def test_cpu_estimates_count_touched_bucket_pages_allocator_cache_and_baseline(tmp_path):
+    """On CPUs the 5e8-element reduce bucket is resident only where gradients were written (and ZeRO-3's
+    reduce-scatter copies those), glibc keeps freed whole parameters and gradients, and each rank holds the
+    measured process baseline; a GPU holds the whole bucket and has none of the CPU lines."""
+    from sparse_dist.plan import CPU_PROCESS_BASELINE_BYTES, plan_memory
+
+    config = tiny_config(tmp_path, zero={"stage": 3})
+    numel = sum(_parameter_numels(config))  # dense: every parameter is trained
+    cpu = plan_memory(config, world_size=2, on_gpu=False)
+    assert cpu.line("gradient buckets").device_bytes == 2 * 4 * numel
+    assert cpu.line("allocator cache").device_bytes == 2 * 4 * numel
+    assert cpu.line("process baseline").device_bytes == CPU_PROCESS_BASELINE_BYTES == 466 * 2**20
+    gpu = plan_memory(config, world_size=2, on_gpu=True)
+    assert gpu.line("gradient buckets").device_bytes == 500_000_000 * 2  # bf16, allocated whole
+    assert {"allocator cache", "process baseline"}.isdisjoint(gpu.bytes_by_name())
+
+
 def test_plan_command_prints_every_line_and_whether_it_fits(tmp_path, capsys):
     status = cli_main(["plan", "--config", "configs/tiny_pins_bert_rte.yaml", "--world-size", "2", "--cpu",
                        "--device-memory", "1MiB", "zero.stage=3"])
