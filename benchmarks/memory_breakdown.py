@@ -23,9 +23,9 @@ import json
 from pathlib import Path
 
 import torch
+
 from provenance import provenance
 from scale_benchmark import COMMON, METHODS, MODELS, WORLD_SIZE
-
 from sparse_dist.distributed.spawn import run_distributed
 
 RESULTS = Path(__file__).resolve().parent / "results"

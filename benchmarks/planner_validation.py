@@ -19,7 +19,6 @@ from pathlib import Path
 
 from provenance import provenance
 from scale_benchmark import MODELS
-
 from sparse_dist.config import load_config
 from sparse_dist.plan import EXACT, plan_all_ranks
 
