@@ -56,3 +56,28 @@ def test_compressed_export_decompresses_to_the_dense_export_bit_for_bit(tmp_path
     model_state = load_compressed_model(compressed_dir).state_dict()
     assert all(bits(model_state[name]) == bits(tensor) for name, tensor in dense.items())
     assert (compressed_dir / "model.safetensors").stat().st_size < (dense_dir / "model.safetensors").stat().st_size
+
+
+def test_a_tied_head_is_tied_again_when_the_compressed_export_is_loaded(tmp_path):
+    """A label-word export is a masked-LM model whose decoder is the word-embedding table (tied): the file holds
+    the table once, so the loaded model must tie the decoder to it again, as ``from_pretrained`` does, or its
+    logits come from a random decoder."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from sparse_dist.pruning.compressed import save_compressed_model
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, tie_word_embeddings=True)
+    model = BertForMaskedLM(config).eval()
+    site = "bert.encoder.layer.0.attention.self.query"
+    with torch.no_grad():
+        weight = getattr(model.get_submodule(site), "weight")
+        weight[torch.rand_like(weight) < 0.5] = 0.0
+    save_compressed_model(model, model.state_dict(), tmp_path, [site], remaining=0.5)
+
+    loaded = load_compressed_model(tmp_path)
+    assert loaded.cls.predictions.decoder.weight is loaded.bert.embeddings.word_embeddings.weight
+    inputs = torch.randint(0, 64, (2, 7))
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=inputs).logits, model(input_ids=inputs).logits)

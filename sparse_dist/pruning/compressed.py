@@ -48,7 +48,7 @@ def load_compressed_state_dict(directory: str | Path) -> dict[str, torch.Tensor]
 def load_compressed_model(directory: str | Path) -> torch.nn.Module:
     """The model of a compressed export with its dense masked weights (single process, no sparse_dist
     state needed): built from ``config.json`` by transformers, weights filled in by compressed-tensors'
-    ``ModelCompressor.decompress``. (transformers 5 refuses to load the directory by itself: it asks
+    ``ModelCompressor.decompress``, tied weights tied again. (transformers 5 refuses to load the directory by itself: it asks
     compressed-tensors >= 0.15 for any ``quantization_config``, and those versions dropped the format.)"""
     import transformers
     from compressed_tensors import ModelCompressor
@@ -58,4 +58,7 @@ def load_compressed_model(directory: str | Path) -> torch.nn.Module:
     model_class = getattr(transformers, config.architectures[0])
     model = model_class(config)
     ModelCompressor.from_pretrained(str(directory)).decompress(str(directory), model)
+    # The file holds a tied table once (a label-word model's decoder is its word embeddings); decompress fills
+    # the embedding only, so tie the head to it again as from_pretrained does.
+    model.tie_weights()
     return model.eval()
