@@ -72,7 +72,7 @@ def test_a_tied_head_is_tied_again_when_the_compressed_export_is_loaded(tmp_path
     model = BertForMaskedLM(config).eval()
     site = "bert.encoder.layer.0.attention.self.query"
     with torch.no_grad():
-        weight = getattr(model.get_submodule(site), "weight")
+        weight = model.get_submodule(site).weight
         weight[torch.rand_like(weight) < 0.5] = 0.0
     save_compressed_model(model, model.state_dict(), tmp_path, [site], remaining=0.5)
 

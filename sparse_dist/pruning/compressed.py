@@ -48,8 +48,9 @@ def load_compressed_state_dict(directory: str | Path) -> dict[str, torch.Tensor]
 def load_compressed_model(directory: str | Path) -> torch.nn.Module:
     """The model of a compressed export with its dense masked weights (single process, no sparse_dist
     state needed): built from ``config.json`` by transformers, weights filled in by compressed-tensors'
-    ``ModelCompressor.decompress``, tied weights tied again. (transformers 5 refuses to load the directory by itself: it asks
-    compressed-tensors >= 0.15 for any ``quantization_config``, and those versions dropped the format.)"""
+    ``ModelCompressor.decompress``, tied weights tied again. (transformers 5 refuses to load the directory by
+    itself: it asks compressed-tensors >= 0.15 for any ``quantization_config``, and those versions dropped the
+    format.)"""
     import transformers
     from compressed_tensors import ModelCompressor
 
