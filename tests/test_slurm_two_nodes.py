@@ -179,16 +179,23 @@ def test_two_nodes_one_rank_each_match_one_node_with_two_ranks(cluster, two_node
     assert final_a == json.loads((one_node_dir / "COMPLETED").read_text())["final"]
 
 
-def test_a_node_killed_mid_run_stops_the_job_which_is_requeued_and_finishes_from_its_checkpoint(
-        cluster, two_node_run, tmp_path, data_dir):
+def submit_two_nodes_until_first_checkpoint(cluster, tmp_path: Path, data_dir) -> tuple[int, Path, Path, Path]:
+    """Submit the tiny job on both nodes, one rank each, and return once its first checkpoint (step 4 of 12)
+    is saved: the job id, run directory, job log and the checkpoint's ``latest`` file."""
     run_dir, logs = tmp_path / "run", tmp_path / "logs"
     job = submit(cluster, run_dir, logs, data_dir, nodes=2, ranks_per_node=1)
     log_file, latest = logs / f"pins-t5-large-{job}.out", run_dir / "checkpoints" / "latest"
     deadline = time.monotonic() + 600
-    while not latest.exists():  # the first checkpoint (step 4 of 12) is saved
+    while not latest.exists():
         assert time.monotonic() < deadline, "no checkpoint in 600 s"
         assert not finished(cluster.job(job)), log_file.read_text()[-3000:]
         time.sleep(0.1)
+    return job, run_dir, log_file, latest
+
+
+def test_a_node_killed_mid_run_stops_the_job_which_is_requeued_and_finishes_from_its_checkpoint(
+        cluster, two_node_run, tmp_path, data_dir):
+    job, run_dir, log_file, latest = submit_two_nodes_until_first_checkpoint(cluster, tmp_path, data_dir)
 
     # Node 1 dies: its torchrun agent and rank, everything of the job step in its namespace (its slurmd and
     # slurmstepd live on, as a node's daemons would not, so that SLURM reports the step's failure at once).
@@ -241,14 +248,7 @@ def test_a_two_node_job_stopped_by_usr1_and_requeued_onto_one_node_resumes_there
     # Two nodes, one rank each; sdnode1 is drained while the job runs, and the job that USR1 requeues asks for
     # one node (SLURM gave a --nodes=1-2 job one node even with both idle, so the count is set, not left to it):
     # a 2-rank ZeRO-3 checkpoint is resumed by 1 rank on sdnode0.
-    run_dir, logs = tmp_path / "run", tmp_path / "logs"
-    job = submit(cluster, run_dir, logs, data_dir, nodes=2, ranks_per_node=1)
-    log_file, latest = logs / f"pins-t5-large-{job}.out", run_dir / "checkpoints" / "latest"
-    deadline = time.monotonic() + 600
-    while not latest.exists():  # the first checkpoint (step 4 of 12): the ranks train
-        assert time.monotonic() < deadline, "no checkpoint in 600 s"
-        assert not finished(cluster.job(job)), log_file.read_text()[-3000:]
-        time.sleep(0.1)
+    job, run_dir, log_file, latest = submit_two_nodes_until_first_checkpoint(cluster, tmp_path, data_dir)
     assert "2 node(s) x 1 ranks" in log_file.read_text()
     cluster.run("scontrol", "update", f"NodeName={NODES[1]}", "State=DRAIN", "Reason=one-node-resume-test")
     try:
