@@ -124,7 +124,7 @@ def build_meta_model(config: RunConfig, name_or_path: str | None = None, head: s
     from dataclasses import replace
 
     from sparse_dist.distributed.memory import on_meta_device
-    from sparse_dist.models.build import check_model_for_task, load_model_config, load_tokenizer
+    from sparse_dist.models.build import check_model_for_task, known_architecture, load_model_config, load_tokenizer
     from sparse_dist.models.families import get_family
     from sparse_dist.models.label_words import build_label_word_classifier
     from sparse_dist.tasks import get_task
@@ -132,7 +132,7 @@ def build_meta_model(config: RunConfig, name_or_path: str | None = None, head: s
     model_cfg = replace(config.model, name_or_path=name_or_path or config.model.name_or_path,
                         head=head or config.model.head)
     task = get_task(config.data.task)
-    if _is_published(model_cfg.name_or_path):
+    if known_architecture(model_cfg.name_or_path):
         model_cfg = replace(model_cfg, init="random")  # the checkpoint's shapes, from its published config
     hf_config = load_model_config(model_cfg, key)
     family = get_family(hf_config.model_type)
@@ -147,16 +147,6 @@ def build_meta_model(config: RunConfig, name_or_path: str | None = None, head: s
             tokenizer = load_tokenizer(model_cfg, hf_config)
             model = build_label_word_classifier(pretrained, tokenizer, task, bool(model_cfg.calibrate_label_words))
     return model, pretrained, family
-
-
-def _is_published(name: str) -> bool:
-    from sparse_dist.models.architectures import get_architecture
-
-    try:
-        get_architecture(name)
-    except ValueError:
-        return False
-    return True
 
 
 def _describe_model(config: RunConfig) -> _Model:

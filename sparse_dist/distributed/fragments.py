@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from sparse_dist.distributed.zero_layout import even_range
+
 
 @dataclass
 class Fragment:
@@ -178,12 +180,9 @@ def _hp_fragment(name, index, param, optimizer, inner) -> Fragment:
 
 
 def _replicated_fragment(name, index, param, inner) -> Fragment:
-    rank, world = dist.get_rank(), dist.get_world_size()
-    numel = param.numel()
-    share = -(-numel // world)
-    start = min(rank * share, numel)
+    start, numel = even_range(param.numel(), dist.get_world_size(), dist.get_rank())
     trainable = param.requires_grad
     return Fragment(name=name, param=param, index=index, full_shape=param.shape, start=start,
-                    numel=max(0, min(share, numel - start)), master_flat=param if trainable else None,
+                    numel=numel, master_flat=param if trainable else None,
                     master_offset=start, master_replicated=trainable, working_replicated=True,
                     optimizer=inner if trainable else None)

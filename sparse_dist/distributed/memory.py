@@ -54,10 +54,6 @@ class _Tally:
         self.bytes[category] = self.bytes.get(category, 0) + _view_bytes(tensor)
 
 
-def _is_score(name: str, param: torch.nn.Parameter) -> bool:
-    return trains_with_scores(name, param)
-
-
 def _master_groups(engine) -> list[list[torch.Tensor]]:
     """The fp32 tensors the optimizer steps, per trainer group in order (the mask scores' group last, see
     :func:`~sparse_dist.trainer.build_param_groups`). Read from DeepSpeed's own lists: inside and around a step
@@ -79,7 +75,7 @@ def _master_groups(engine) -> list[list[torch.Tensor]]:
 
 def _score_group(engine) -> int | None:
     """Index of the mask scores' group in :func:`_master_groups` (None when no score trains)."""
-    trains = any(p.requires_grad and _is_score(n, p) for n, p in engine.module.named_parameters())
+    trains = any(p.requires_grad and trains_with_scores(n, p) for n, p in engine.module.named_parameters())
     return len(_master_groups(engine)) - 1 if trains else None
 
 
@@ -103,7 +99,7 @@ class GradientProbe:
             partitions = self.engine.optimizer._DeepSpeedZeroOptimizer_Stage3__param_id_to_grad_partition
             for name, param in self.engine.module.named_parameters():
                 if hasattr(param, "ds_id") and param.ds_id in partitions:
-                    category = "score optimizer state" if _is_score(name, param) else "gradients"
+                    category = "score optimizer state" if trains_with_scores(name, param) else "gradients"
                     tally.view(category, partitions[param.ds_id])
         for index, group in enumerate(self.masters):
             for master in group:
@@ -126,7 +122,7 @@ def measure_allocated(engine, pruner, teachers=()) -> dict[str, int]:
     tally = _Tally()
     module = engine.module
     for name, param in module.named_parameters():
-        category = "mask scores" if _is_score(name, param) else "weights"
+        category = "mask scores" if trains_with_scores(name, param) else "weights"
         if hasattr(param, "ds_id"):  # ZeRO-3: the partition, and the whole tensor if it stays gathered
             tally.view(category, param.ds_tensor)
             tally.seen.add(_storage_key(param.ds_tensor))

@@ -34,17 +34,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from sparse_dist.distributed.block_fetch import remove_deepspeed_forward_hooks
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
+from sparse_dist.distributed.zero_layout import ceil_div
 
 
 def row_range(rank: int, per_rank: int, rows: int, dim: int) -> tuple[int, int]:
     """Rows ``[first, end)`` of a ``(rows, dim)`` table that ``rank`` computes: those whose first element
     lies in its ZeRO-3 partition, elements ``[rank * per_rank, (rank + 1) * per_rank)`` of the flat table."""
-    first = min(rows, _ceil_div(rank * per_rank, dim))
-    return first, max(first, min(rows, _ceil_div((rank + 1) * per_rank, dim)))
+    first = min(rows, ceil_div(rank * per_rank, dim))
+    return first, max(first, min(rows, ceil_div((rank + 1) * per_rank, dim)))
 
 
 def apply_vocab_parallel_head(model: torch.nn.Module, max_chunk_bytes: int) -> torch.nn.Linear | None:

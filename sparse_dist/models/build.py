@@ -108,13 +108,14 @@ def load_checkpoint_config(name_or_path: str, key: str = "model.name_or_path") -
     except (OSError, ValueError) as error:
         first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
         hint = ""
-        if key == "model.name_or_path" and _known_architecture(name_or_path):
+        if key == "model.name_or_path" and known_architecture(name_or_path):
             hint = (" (model.init=random builds its published architecture with random weights, if that is what "
                     "you want)")
         raise ConfigError(f"{key}: cannot load {name_or_path!r}: {first}{hint}") from None
 
 
-def _known_architecture(name: str) -> Architecture | None:
+def known_architecture(name: str) -> Architecture | None:
+    """The published architecture ``name`` resolves to (:mod:`sparse_dist.models.architectures`), or None."""
     try:
         return get_architecture(name)
     except ValueError:
