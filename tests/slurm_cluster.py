@@ -40,6 +40,10 @@ def _memory_mib() -> int:
     raise RuntimeError("no MemTotal in /proc/meminfo")
 
 
+REQUEUE_RELEASE_S = 3
+"""Seconds between releasing a requeued job and its start: past the second its credential was revoked."""
+
+
 class SlurmClient:
     """Job submission and polling over :meth:`run`, which each cluster defines (where the client commands run)."""
 
@@ -62,6 +66,15 @@ class SlurmClient:
         """The job's fields from ``scontrol show job`` (JobState, Restarts, ExitCode, ...)."""
         text = self.run("scontrol", "-o", "show", "job", str(job_id)).stdout
         return dict(field.split("=", 1) for field in text.split() if "=" in field)
+
+    def release_requeued(self, job_id: int, timeout_s: float = 120) -> None:
+        """Start a requeued job now instead of after SLURM's hold (begin time = the credential lifetime,
+        about two minutes). Waits for the job to be pending again, then sets its start a few seconds ahead:
+        each node's slurmd revoked the first attempt's credential at the second the job was requeued and
+        rejects a credential issued within that same second ("Job credential revoked"), which fails the job
+        (a start at ``now`` raced it, measured on the two-node cluster)."""
+        self.wait(job_id, lambda f: f.get("JobState") == "PENDING", timeout_s, "pending after the requeue")
+        self.run("scontrol", "update", f"JobId={job_id}", f"StartTime=now+{REQUEUE_RELEASE_S}")
 
     def wait(self, job_id: int, until, timeout_s: float, what: str) -> dict[str, str]:
         """Poll the job until ``until(fields)`` holds; an error naming ``what`` after ``timeout_s``."""

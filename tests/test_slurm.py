@@ -78,21 +78,22 @@ def test_pins_t5_job_runs_to_the_end(cluster, tmp_path, data_dir):
 
 
 def test_signalled_job_checkpoints_requeues_and_finishes_from_its_checkpoint(cluster, tmp_path, data_dir):
-    run_dir, logs = tmp_path / "run", tmp_path / "logs"
-    # Long enough to be caught mid-run; no periodic checkpoints, so the only one is the signal's.
-    job = submit(cluster, run_dir, logs, data_dir, "training.max_steps=400", "checkpoint.save_every_steps=0",
+    run_dir, logs, steps = tmp_path / "run", tmp_path / "logs", 150
+    # Long enough to be caught mid-run (tens of seconds of training after the first logged step); no periodic
+    # checkpoints, so the only one is the signal's.
+    job = submit(cluster, run_dir, logs, data_dir, f"training.max_steps={steps}", "checkpoint.save_every_steps=0",
                  "eval.eval_every_steps=0", "pruning.final_warmup_steps=100")
     log_file = logs / f"pins-t5-large-{job}.out"
     deadline = time.monotonic() + 600
-    while not (log_file.exists() and re.search(r"step \d+/400", log_file.read_text())):
+    while not (log_file.exists() and re.search(rf"step \d+/{steps}", log_file.read_text())):
         assert time.monotonic() < deadline, "the job did not start training in 600 s"
         assert not finished(cluster.job(job)), log_file.read_text()[-3000:]
-        time.sleep(2)
+        time.sleep(0.5)
     cluster.run("scancel", "--signal=USR1", "--batch", str(job))  # what #SBATCH --signal=B:USR1@600 sends
 
     # The batch script checkpoints and requeues; SLURM holds a requeued job back a while: release it now.
     cluster.wait(job, lambda f: int(f.get("Restarts", 0)) >= 1, 600, "requeued")
-    cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    cluster.release_requeued(job)
     fields = cluster.wait(job, finished, 1200, "finished after the requeue")
     log = log_file.read_text()
     assert fields["JobState"] == "COMPLETED", log[-3000:]
@@ -103,6 +104,6 @@ def test_signalled_job_checkpoints_requeues_and_finishes_from_its_checkpoint(clu
     saved = re.search(r"stopped after step (\d+)", log)
     resumed = re.search(r"resumed from \S+ \(step (\d+)\)", log)
     assert saved and resumed, log[-4000:]
-    assert 0 < int(resumed.group(1)) == int(saved.group(1)) < 400  # from the signal's checkpoint, not from 0
-    assert json.loads((run_dir / "COMPLETED").read_text())["steps"] == 400
+    assert 0 < int(resumed.group(1)) == int(saved.group(1)) < steps  # from the signal's checkpoint, not from 0
+    assert json.loads((run_dir / "COMPLETED").read_text())["steps"] == steps
     assert f"run complete: {run_dir}" in log

@@ -217,7 +217,7 @@ def test_a_node_killed_mid_run_stops_the_job_which_is_requeued_and_finishes_from
     assert "run complete" not in first_attempt
 
     # SLURM holds a requeued job back a while: release it now. It resumes from the last checkpoint.
-    cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    cluster.release_requeued(job)
     fields = cluster.wait(job, finished, 900, "finished after the requeue")
     log = log_file.read_text()
     assert fields["JobState"] == "COMPLETED", log[-4000:]
@@ -262,7 +262,7 @@ def test_a_two_node_job_stopped_by_usr1_and_requeued_onto_one_node_resumes_there
         # One node with one task and its CPUs: NumNodes alone leaves NumTasks=2 (one per node), which needs two.
         cluster.run("scontrol", "update", f"JobId={job}", "NumTasks=1", "NumCPUs=2")
         cluster.run("scontrol", "update", f"JobId={job}", "NumNodes=1-1")
-        cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+        cluster.release_requeued(job)
         fields = cluster.wait(job, finished, 900, "finished after the requeue")
     finally:
         cluster.run("scontrol", "update", f"NodeName={NODES[1]}", "State=RESUME", check=False)
