@@ -14,8 +14,8 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 def fine_tune_minilm(run_dir: str, data_dir: str) -> dict:
     env = init_distributed()
     config = load_config("configs/minilm_sst2.yaml", [
-        f"job.run_dir={run_dir}", f"data.local_dir={data_dir}", "data.max_train_examples=2000",
-        "data.max_eval_examples=256", "training.max_steps=60", "optimizer.warmup_steps=6",
+        f"job.run_dir={run_dir}", f"data.local_dir={data_dir}", "data.max_train_examples=960",
+        "data.max_eval_examples=256", "training.max_steps=30", "optimizer.warmup_steps=3", "optimizer.lr=2e-4",
         "eval.eval_every_steps=0", "checkpoint.save_every_steps=0", "checkpoint.save_final_model=false",
         "metrics.progress_bar=false"], world_size=env.world_size)
     return Trainer(config, env).train().final_metrics
@@ -24,7 +24,8 @@ def fine_tune_minilm(run_dir: str, data_dir: str) -> dict:
 def test_minilm_sst2_well_above_chance(tmp_path, data_dir):
     metrics = run_distributed(fine_tune_minilm, 2, str(tmp_path), str(data_dir))
     assert metrics[0] == metrics[1]
-    assert metrics[0]["accuracy"] >= 0.70, metrics  # chance is 0.5 (the dev set is balanced)
+    # Chance is 0.5 (the dev set is balanced); 0.7695 measured (30 steps; at lr 1e-4 they reach 0.6914).
+    assert metrics[0]["accuracy"] >= 0.70, metrics
 
 
 def smp_prune_minilm(run_dir: str, data_dir: str) -> tuple[dict, dict]:
@@ -45,7 +46,9 @@ def test_smp_s_minilm_sst2_at_half_the_weights_well_above_chance(tmp_path, data_
     assert other == ranks[0]
     # SMP-S budgets are exact per matrix type; their sum is half of the prunable weights to rounding.
     assert sparsity["remaining"] == pytest.approx(0.5, abs=1e-6), sparsity
-    assert metrics["accuracy"] >= 0.65, metrics  # chance is 0.5; frozen weights, only the mask learned
+    # Chance is 0.5; frozen weights, only the mask learned. (At 80 steps 0.6992, at 60 steps 0.5117: the budget
+    # is not cut further.)
+    assert metrics["accuracy"] >= 0.65, metrics
 
 
 def fine_tune_minilm_on(config_path: str, run_dir: str, data_dir: str, overrides: list[str]) -> dict:
