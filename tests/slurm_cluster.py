@@ -47,7 +47,7 @@ REQUEUE_RELEASE_S = 3
 class SlurmClient:
     """Job submission and polling over :meth:`run`, which each cluster defines (where the client commands run)."""
 
-    poll_s = 2.0
+    poll_s = 0.5
     """Seconds between two looks at a job in :meth:`wait`."""
 
     def run(self, *command: str, check: bool = True, cwd: Path | None = None,

@@ -33,7 +33,7 @@ def smp_prune_minilm(run_dir: str, data_dir: str) -> tuple[dict, dict]:
     env = init_distributed()
     config = load_config("configs/smp_minilm_sst2.yaml", [
         f"job.run_dir={run_dir}", f"data.local_dir={data_dir}", "data.max_train_examples=2000",
-        "data.max_eval_examples=256", "training.max_steps=120", "pruning.final_warmup_steps=30",
+        "data.max_eval_examples=256", "training.max_steps=100", "pruning.final_warmup_steps=25",
         "eval.eval_every_steps=0", "checkpoint.save_every_steps=0", "checkpoint.save_final_model=false",
         "metrics.progress_bar=false"], world_size=env.world_size)
     result = Trainer(config, env).train()
@@ -46,8 +46,8 @@ def test_smp_s_minilm_sst2_at_half_the_weights_well_above_chance(tmp_path, data_
     assert other == ranks[0]
     # SMP-S budgets are exact per matrix type; their sum is half of the prunable weights to rounding.
     assert sparsity["remaining"] == pytest.approx(0.5, abs=1e-6), sparsity
-    # Chance is 0.5; frozen weights, only the mask learned. (At 80 steps 0.6992, at 60 steps 0.5117: the budget
-    # is not cut further.)
+    # Chance is 0.5; frozen weights, only the mask learned. 0.7109 measured; at 80 steps 0.6992 and at 60 steps
+    # 0.5117, so the budget is not cut further.
     assert metrics["accuracy"] >= 0.65, metrics
 
 

@@ -78,7 +78,7 @@ def test_pins_t5_job_runs_to_the_end(cluster, tmp_path, data_dir):
 
 
 def test_signalled_job_checkpoints_requeues_and_finishes_from_its_checkpoint(cluster, tmp_path, data_dir):
-    run_dir, logs, steps = tmp_path / "run", tmp_path / "logs", 150
+    run_dir, logs, steps = tmp_path / "run", tmp_path / "logs", 100
     # Long enough to be caught mid-run (tens of seconds of training after the first logged step); no periodic
     # checkpoints, so the only one is the signal's.
     job = submit(cluster, run_dir, logs, data_dir, f"training.max_steps={steps}", "checkpoint.save_every_steps=0",

@@ -335,7 +335,7 @@ def test_a_node_that_never_arrives_ends_the_job_at_the_rendezvous_timeout_with_o
                          options=("--nodes=2", *OPTIONS, f"--output={logs}/%x-%j.out"), cwd=REPO,
                          env={"CONFIG": "configs/tiny_pins_t5_webnlg.yaml", "RUN_DIR": str(run_dir),
                               "GPUS_PER_NODE": "1", "VENV": os.environ.get("VENV", str(REPO / ".venv")),
-                              "OMP_NUM_THREADS": "1", "MASTER_PORT": "", "RDZV_TIMEOUT_S": "20"})
+                              "OMP_NUM_THREADS": "1", "MASTER_PORT": "", "RDZV_TIMEOUT_S": "10"})
     frozen: dict[int, str] = {}
     try:
         deadline = time.monotonic() + 300
@@ -361,7 +361,7 @@ def test_a_node_that_never_arrives_ends_the_job_at_the_rendezvous_timeout_with_o
     log = (logs / f"pins-t5-large-{job}.out").read_text()
     assert fields["JobState"] == "FAILED", log[-4000:]
     assert log.strip().splitlines()[-2:] == [
-        "rendezvous error on node 0: not every node's torchrun joined within 20 s (RDZV_TIMEOUT_S): a node down or "
+        "rendezvous error on node 0: not every node's torchrun joined within 10 s (RDZV_TIMEOUT_S): a node down or "
         "unreachable, or its torchrun started with another endpoint",
         re.search(r"rendezvous failed at \S+ \(exit status \d+\), no rank started: the job stops; the run directory "
                   r"is as it was", log).group(0)], log[-4000:]
