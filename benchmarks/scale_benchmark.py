@@ -3,6 +3,8 @@
     python benchmarks/scale_benchmark.py                                  # every size and method (long)
     python benchmarks/scale_benchmark.py --models tiny-bert minilm        # the small sizes (~10 min quiet)
     python benchmarks/scale_benchmark.py --models t5-base --methods dense pins --profile
+    MALLOC_MMAP_THRESHOLD_=1048576 python benchmarks/scale_benchmark.py --models bert-large \
+        --methods dense magnitude pins --set zero.template=configs/deepspeed/zero3_large_model.json
     python benchmarks/scale_benchmark.py --replot                         # redraw the PNG from the JSON
     python benchmarks/scale_benchmark.py --replot scale_benchmark scale_benchmark_large   # both in one PNG
 
@@ -21,8 +23,12 @@ Per rank the job records the peak resident set (``VmHWM``; this CPU-only machine
 and every rank also counts the libraries it shares with the other), and the bytes of pruning state it
 holds: learned scores with their fp32 master and Adam moments, importance statistics, packed masks, and
 the teacher's partition. Ratios are against the dense step of the same model in the same invocation.
-A cell whose job fails (a rank killed for memory: t5-base needs about 4.4 GiB per rank) is listed
-under ``failed`` with the memory then available, and the run goes on. Writes
+``--set`` adds config overrides to every cell (the large sizes use configs/deepspeed/zero3_large_model.json:
+a reduce bucket of 5e7 elements instead of DeepSpeed's 5e8, which on CPU is ~1.9 GiB per rank of touched
+pages); a fixed ``MALLOC_MMAP_THRESHOLD_`` makes glibc return each freed large tensor (ZeRO-3's gathered
+weights) to the system instead of keeping it; both are recorded in the JSON. A cell whose job fails (a rank
+killed for memory: t5-base needs about 4.4 GiB per rank) is listed under ``failed`` with the memory then
+available, and the run goes on. Writes
 ``benchmarks/results/scale_benchmark.json`` (after every cell) and ``scale_benchmark.png`` (step time and per-rank
 memory against parameter count, log-log, one line per method; the pruner's share of the step); with
 ``--profile`` also ``scale_profile_<model>_<method>.txt``, torch.profiler's table of one measured step.
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from collections import defaultdict
@@ -209,8 +216,10 @@ def instrument(trainer, clock: PhaseClock) -> None:
         clock.wrap(teacher, "outputs", "teacher")
 
 
-def run_cell(model: str, method: str, warmup_steps: int, steps: int, run_dir: str, profile: bool) -> dict:
-    """One cell on this rank: build, warm up, measure. Returns this rank's numbers."""
+def run_cell(model: str, method: str, warmup_steps: int, steps: int, run_dir: str, profile: bool,
+             extra: tuple[str, ...] = ()) -> dict:
+    """One cell on this rank: build, warm up, measure (``extra``: config overrides after the cell's own).
+    Returns this rank's numbers."""
     from sparse_dist.config import load_config
     from sparse_dist.data.sampler import TrainBatchSampler
     from sparse_dist.data.task_data import build_train_loader
@@ -221,7 +230,7 @@ def run_cell(model: str, method: str, warmup_steps: int, steps: int, run_dir: st
     env = init_distributed()
     start = memory_status()
     path, model_overrides = MODELS[model]
-    config = load_config(path, [*COMMON, *model_overrides, *METHODS[method], f"job.run_dir={run_dir}"],
+    config = load_config(path, [*COMMON, *model_overrides, *METHODS[method], *extra, f"job.run_dir={run_dir}"],
                          world_size=env.world_size)
     trainer = Trainer(config, env)
     if config.distill.self_regularization:
@@ -326,6 +335,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="profile the first measured step of each cell (not counted in the times)")
     parser.add_argument("--output", default="scale_benchmark", help="file stem under benchmarks/results/")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="extra",
+                        help="config overrides for every cell, after the benchmark's own (recorded in the JSON), "
+                             "e.g. zero.template=configs/deepspeed/zero3_large_model.json")
     parser.add_argument("--table", nargs="+", metavar="STEM", help="print Markdown tables of saved JSON stems and exit")
     parser.add_argument("--replot", nargs="*", metavar="STEM",
                         help="redraw --output's PNG from these saved JSON stems together (default: --output) and exit")
@@ -343,7 +355,8 @@ def main() -> None:
         for method in args.methods:
             try:
                 ranks = run_distributed(run_cell, WORLD_SIZE, model, method, args.warmup_steps, args.steps,
-                                        f"/tmp/scale_bench_{model}_{method}", args.profile, timeout_s=3600)
+                                        f"/tmp/scale_bench_{model}_{method}", args.profile, tuple(args.extra),
+                                        timeout_s=3600)
             except RuntimeError as error:  # a rank killed for memory, most likely: say so and go on
                 failed.append({"model": model, "method": method, "error": str(error).splitlines()[0],
                                "available_bytes_after": available_memory()})
@@ -372,10 +385,17 @@ def load_rows(stem: str) -> list[dict]:
 
 def write(args, path: Path, rows: list[dict], failed: list[dict]) -> None:
     report = {**provenance(), "world_size": WORLD_SIZE, "zero_stage": 3, "common_overrides": COMMON,
+              "extra_overrides": args.extra, "malloc_environment": malloc_environment(),
               "methods": METHODS, "warmup_steps": args.warmup_steps, "steps": args.steps, "results": rows,
               "failed": failed}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1))
+
+
+def malloc_environment() -> dict[str, str]:
+    """glibc allocator settings in this process's environment (``MALLOC_*``): they change the peak RSS measured
+    (``MALLOC_MMAP_THRESHOLD_`` fixed returns every large freed tensor to the system)."""
+    return {key: value for key, value in os.environ.items() if key.startswith("MALLOC_")}
 
 
 def available_memory() -> int:

@@ -82,7 +82,7 @@ def test_signalled_job_checkpoints_requeues_and_finishes_from_its_checkpoint(clu
     # Long enough to be caught mid-run (tens of seconds of training after the first logged step); no periodic
     # checkpoints, so the only one is the signal's.
     job = submit(cluster, run_dir, logs, data_dir, f"training.max_steps={steps}", "checkpoint.save_every_steps=0",
-                 "eval.eval_every_steps=0", "pruning.final_warmup_steps=100")
+                 "eval.eval_every_steps=0", "pruning.final_warmup_steps=25")
     log_file = logs / f"pins-t5-large-{job}.out"
     deadline = time.monotonic() + 600
     while not (log_file.exists() and re.search(rf"step \d+/{steps}", log_file.read_text())):
