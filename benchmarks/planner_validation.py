@@ -38,7 +38,7 @@ def measured_cells(results: Path) -> list[dict]:
             cells.append({"source": path.name, "commit": report["commit"], "model": row["model"],
                           "method": row["method"], "world_size": row["world_size"], "config": config_path,
                           "overrides": [*report["common_overrides"], *model_overrides,
-                                        *report["methods"][row["method"]]],
+                                        *report["methods"][row["method"]], *report.get("extra_overrides", [])],
                           "measured_bytes": row["peak_rss_bytes"], "rss_at_start_bytes": row["rss_at_start_bytes"]})
     return cells
 

@@ -3,8 +3,8 @@
     python benchmarks/scale_benchmark.py                                  # every size and method (long)
     python benchmarks/scale_benchmark.py --models tiny-bert minilm        # the small sizes (~10 min quiet)
     python benchmarks/scale_benchmark.py --models t5-base --methods dense pins --profile
-    MALLOC_MMAP_THRESHOLD_=1048576 python benchmarks/scale_benchmark.py --models bert-large \
-        --methods dense magnitude pins --set zero.template=configs/deepspeed/zero3_large_model.json
+    python benchmarks/scale_benchmark.py --models bert-large --methods dense magnitude pins pins+teacher \
+        --set zero.template=configs/deepspeed/zero3_large_model.json --warmup-steps 1 --steps 2
     python benchmarks/scale_benchmark.py --replot                         # redraw the PNG from the JSON
     python benchmarks/scale_benchmark.py --replot scale_benchmark scale_benchmark_large   # both in one PNG
 
@@ -25,8 +25,8 @@ holds: learned scores with their fp32 master and Adam moments, importance statis
 the teacher's partition. Ratios are against the dense step of the same model in the same invocation.
 ``--set`` adds config overrides to every cell (the large sizes use configs/deepspeed/zero3_large_model.json:
 a reduce bucket of 5e7 elements instead of DeepSpeed's 5e8, which on CPU is ~1.9 GiB per rank of touched
-pages); a fixed ``MALLOC_MMAP_THRESHOLD_`` makes glibc return each freed large tensor (ZeRO-3's gathered
-weights) to the system instead of keeping it; both are recorded in the JSON. A cell whose job fails (a rank
+pages), recorded in the JSON with any glibc ``MALLOC_*`` setting of the environment (they change what
+freed memory the process keeps). A cell whose job fails (a rank
 killed for memory: t5-base needs about 4.4 GiB per rank) is listed under ``failed`` with the memory then
 available, and the run goes on. Writes
 ``benchmarks/results/scale_benchmark.json`` (after every cell) and ``scale_benchmark.png`` (step time and per-rank
