@@ -2,9 +2,12 @@
 
     python benchmarks/planner_validation.py       # writes benchmarks/results/planner_validation.{json,md,png}
 
+Run from the repository root: a run's ``zero.template`` override names its file relative to it.
+
 Trains nothing. For every cell (model, method, teacher) of ``benchmarks/results/scale_benchmark*.json`` it
-rebuilds the cell's config exactly as the benchmark did (its recorded common and method overrides, the
-model's config and overrides from ``scale_benchmark.MODELS``), runs :func:`sparse_dist.plan.plan_all_ranks`
+rebuilds the cell's config exactly as the benchmark did (the model's config from
+``scale_benchmark.MODELS``; the run's recorded common overrides, the model's, the method's and the run's
+``extra_overrides`` from ``--set``, in that order), runs :func:`sparse_dist.plan.plan_all_ranks`
 in-process with the CPU rules (``--cpu``: fp32, torch's AdamW) at the cell's world size (2), and compares
 each rank's predicted total (exact lines and estimates; on a CPU all of it is host memory) with that
 rank's measured peak resident set (``VmHWM``). The error of a cell is that of its worse rank:

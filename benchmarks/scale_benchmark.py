@@ -4,7 +4,8 @@
     python benchmarks/scale_benchmark.py --models tiny-bert minilm        # the small sizes (~10 min quiet)
     python benchmarks/scale_benchmark.py --models t5-base --methods dense pins --profile
     python benchmarks/scale_benchmark.py --models bert-large --methods dense magnitude pins pins+teacher \
-        --set zero.template=configs/deepspeed/zero3_large_model.json --warmup-steps 1 --steps 2
+        --set zero.template=configs/deepspeed/zero3_large_model.json --warmup-steps 1 --steps 2 \
+        --output scale_benchmark_bert_large
     python benchmarks/scale_benchmark.py --replot                         # redraw the PNG from the JSON
     python benchmarks/scale_benchmark.py --replot scale_benchmark scale_benchmark_large   # both in one PNG
 

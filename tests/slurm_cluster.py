@@ -40,8 +40,12 @@ def _memory_mib() -> int:
     raise RuntimeError("no MemTotal in /proc/meminfo")
 
 
-REQUEUE_RELEASE_S = 3
-"""Seconds between releasing a requeued job and its start: past the second its credential was revoked."""
+REQUEUE_RELEASE_S = 2
+"""Seconds :meth:`SlurmClient.release_requeued` waits, once the job is pending again, before starting it:
+past the second its first attempt's credential was revoked."""
+
+SETTLED = {"PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
+"""Job states after a requeue has been processed: pending again, or already started or ended."""
 
 
 class SlurmClient:
@@ -69,12 +73,16 @@ class SlurmClient:
 
     def release_requeued(self, job_id: int, timeout_s: float = 120) -> None:
         """Start a requeued job now instead of after SLURM's hold (begin time = the credential lifetime,
-        about two minutes). Waits for the job to be pending again, then sets its start a few seconds ahead:
-        each node's slurmd revoked the first attempt's credential at the second the job was requeued and
-        rejects a credential issued within that same second ("Job credential revoked"), which fails the job
-        (a start at ``now`` raced it, measured on the two-node cluster)."""
-        self.wait(job_id, lambda f: f.get("JobState") == "PENDING", timeout_s, "pending after the requeue")
-        self.run("scontrol", "update", f"JobId={job_id}", f"StartTime=now+{REQUEUE_RELEASE_S}")
+        about two minutes). Once the job is pending again, waits ``REQUEUE_RELEASE_S`` and sets its start to
+        now: each node's slurmd revoked the first attempt's credential at the second the job was requeued and
+        rejects a credential issued within that same second ("Job credential revoked" in slurmctld's log),
+        which fails the job; a release 14 ms after the requeue did, on the two-node cluster. A start time in
+        the future instead would wait for the next backfill pass. A job that already started or ended is
+        left to the caller."""
+        fields = self.wait(job_id, lambda f: f.get("JobState") in SETTLED, timeout_s, "settled after the requeue")
+        if fields["JobState"] == "PENDING":
+            time.sleep(REQUEUE_RELEASE_S)
+            self.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
 
     def wait(self, job_id: int, until, timeout_s: float, what: str) -> dict[str, str]:
         """Poll the job until ``until(fields)`` holds; an error naming ``what`` after ``timeout_s``."""

@@ -68,8 +68,6 @@ def missing_requirements() -> str | None:
 class TwoNodeCluster(SlurmClient):
     """Start with :meth:`start`, submit with :meth:`sbatch`, stop with :meth:`stop` (always)."""
 
-    poll_s = 0.5
-
     def __init__(self, root: Path):
         self.root = root
         self.conf = root / "slurm.conf"
