@@ -151,7 +151,9 @@ def build_meta_model(config: RunConfig, name_or_path: str | None = None, head: s
 
 def _describe_model(config: RunConfig) -> _Model:
     from sparse_dist.distributed.memory import on_meta_device
+    from sparse_dist.models.build import task_head_names
     from sparse_dist.pruning.build import build_pruner
+    from sparse_dist.pruning.masked_linear import trains_with_scores
     from sparse_dist.pruning.sites import find_sites
     from sparse_dist.trainer import build_param_groups
 
@@ -161,14 +163,17 @@ def _describe_model(config: RunConfig) -> _Model:
         blocks[site.layer] = blocks.get(site.layer, 0) + site.numel
     pruner = build_pruner(config.pruning, pretrained, config.training.max_steps, comm=None)
     with on_meta_device():
-        pruner.prepare(model)  # learned scores become parameters; SMP freezes everything else
+        # Learned scores become parameters; SMP freezes everything else but a new task head (NER, QA).
+        label_words = family.label_words and config.model.head == "label_words"
+        pruner.prepare(model, task_head_names(model, family.kind, label_words))
     groups = build_param_groups(model, config.optimizer, config.pruning.score_lr)
     group_of = {id(p): g for g, group in enumerate(groups) for p in group["params"]}
     params = [_Param(name, p.numel(), group_of.get(id(p))) for name, p in model.named_parameters()]
     by_id = {id(p): info for (_, p), info in zip(model.named_parameters(), params)}
     grouped = [[by_id[id(p)] for p in group["params"]] for group in groups]
-    score_group = next((g for g, group in enumerate(grouped) if any(p.name.endswith(".scores") for p in group)), None)
     name_of = {id(p): name for name, p in model.named_parameters()}  # the pruner names them inside `pretrained`
+    score_group = next((g for g, group in enumerate(groups)  # the trainer's rule for the scores' group
+                        if any(trains_with_scores(name_of[id(p)], p) for p in group["params"])), None)
     pruned = [name_of[id(p)] for _, p in pruner.pruned_parameters()] if pruner.sites else []
     return _Model(params=params, groups=grouped, pruned=pruned, score_group=score_group,
                   statistics=len(getattr(pruner, "statistics", ())), blocks=list(blocks.values()),

@@ -13,11 +13,14 @@ TASKS = {"tiny-bert": "sst2", "tiny-t5": "webnlg", "tiny-gpt2": "webnlg"}
 METHODS = ("none", "magnitude", "movement", "soft_movement", "smp", "platon", "pins")
 STAGES = (0, 1, 2, 3)
 # Every method at every stage on BERT; T5 and GPT-2 at every stage with one method of each kind of state
-# (learned scores with trained weights, frozen weights with scores, statistics with a teacher). One rank:
-# the same kinds on fewer stages. 67 engines in all, each one optimizer step.
+# (learned scores with trained weights, frozen weights with scores, statistics with a teacher); SMP on a
+# task without label words, whose new task head trains with the scores (ZeRO-0: under ZeRO-2 and 3 the
+# planner still misses part of that head's gradient and padding). One rank: the same kinds on fewer stages.
+# 73 engines in all, each one optimizer step.
 COMBINATIONS = {
     2: [("tiny-bert", s, m) for s in STAGES for m in METHODS]
-    + [(model, s, m) for model in ("tiny-t5", "tiny-gpt2") for s in STAGES for m in ("movement", "smp", "pins")],
+    + [(model, s, m) for model in ("tiny-t5", "tiny-gpt2") for s in STAGES for m in ("movement", "smp", "pins")]
+    + [("tiny-bert/conll2003", 0, "smp")],
     1: [("tiny-bert", s, m) for s in STAGES for m in ("none", "movement", "pins")]
     + [(model, s, m) for model in ("tiny-t5", "tiny-gpt2") for s in (0, 3) for m in ("smp", "pins")],
 }
@@ -50,10 +53,11 @@ def measure_every_combination(root: str, combinations: list[tuple[str, int, str]
 
     env = init_distributed()
     rows = []
-    for model, stage, method in combinations:
-        label = f"{model} ZeRO-{stage} {method}"
-        config = tiny_config(f"{root}/{model}_{stage}_{method}", world_size=env.world_size, model=model,
-                             task=TASKS[model], zero={"stage": stage}, **method_sections(method))
+    for case, stage, method in combinations:
+        label = f"{case} ZeRO-{stage} {method}"
+        model, _, task = case.partition("/")  # "model/task", or a model on its TASKS entry
+        config = tiny_config(f"{root}/{model}_{task}_{stage}_{method}", world_size=env.world_size, model=model,
+                             task=task or TASKS[model], zero={"stage": stage}, **method_sections(method))
         trainer = Trainer(config, env)
         probe = GradientProbe(trainer.engine)
         trainer.pruner.start()

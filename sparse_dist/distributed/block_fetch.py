@@ -82,7 +82,11 @@ def find_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 def block_bytes(block: torch.nn.Module) -> int:
     """Bytes of a block's parameters made whole (their full size, also where they are ZeRO-3 partitioned)."""
-    return sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in block.parameters())
+    return _whole_bytes(block.parameters())
+
+
+def _whole_bytes(params) -> int:
+    return sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in params)
 
 
 class _Unit:
@@ -90,7 +94,7 @@ class _Unit:
 
     def __init__(self, params: list[torch.nn.Parameter]):
         self.params = params
-        self.bytes = sum(p.ds_numel * p.element_size() for p in params)
+        self.bytes = _whole_bytes(params)
         self.world_size = torch.distributed.get_world_size()
         self.buffer_bytes = self.world_size * sum(p.ds_tensor.ds_numel * p.element_size() for p in params)
         self.handle = None
@@ -161,7 +165,7 @@ class BlockFetcher:
         available = [p for p in unit.params if p.ds_status == ZeroParamStatus.AVAILABLE]
         if available:
             available[0].partition(param_list=available)
-            self.stats.live_bytes -= sum(p.ds_numel * p.element_size() for p in available)
+            self.stats.live_bytes -= _whole_bytes(available)
 
     def _add_live(self, nbytes: int) -> None:
         self.stats.live_bytes += nbytes
