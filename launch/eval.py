@@ -6,11 +6,10 @@ command itself is ``sparse-dist eval`` (sparse_dist/cli/eval.py).
     torchrun --nproc_per_node 2 launch/eval.py --model runs/tiny_ner_conll/final/model --task conll2003
 """
 
-import sys
-
+from sparse_dist.cli import exit_with
 from sparse_dist.cli.eval import main
 
 __all__ = ["main"]
 
 if __name__ == "__main__":
-    sys.exit(main(prog="launch/eval.py"))
+    exit_with(main(prog="launch/eval.py"))

@@ -55,7 +55,7 @@ def test_train_check_rejects_a_bad_key_with_one_line_and_exit_2(tmp_path):
 def test_console_scripts_live_in_the_library_and_launch_is_not_installed():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     scripts = project["project"]["scripts"]
-    assert scripts["sparse-dist"] == "sparse_dist.cli:main"
+    assert scripts["sparse-dist"] == "sparse_dist.cli:run"
     for target in scripts.values():
         module, function = target.split(":")
         assert not module.startswith("launch") and callable(getattr(importlib.import_module(module), function))
@@ -65,3 +65,20 @@ def test_console_scripts_live_in_the_library_and_launch_is_not_installed():
     from sparse_dist.cli import export, train
 
     assert train_main is train.main and export_main is export.main
+
+
+
+@pytest.mark.distributed
+def test_train_ends_its_process_group_before_returning(tmp_path, data_dir):
+    """A group left to the interpreter's exit lets gloo's threads abort a finished rank (SIGABRT after the
+    last line: the launcher reports the run failed); the command ends the group itself. (``eval`` and
+    ``export`` are checked where their tests run them: test_eval_command.py, test_export_compressed.py.)"""
+    script = (
+        "import torch.distributed as dist\n"
+        "from sparse_dist.cli import main\n"
+        f"status = main(['train', '--config', 'configs/tiny_bert_sst2.yaml', 'job.run_dir={tmp_path / 'run'}',\n"
+        f"               'data.local_dir={data_dir}', 'training.max_steps=2', 'metrics.progress_bar=false'])\n"
+        "print('status', status, 'group', dist.is_initialized())\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[-1] == "status 0 group False"

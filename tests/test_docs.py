@@ -323,8 +323,8 @@ def check_python(command: Command, checked: Checked) -> None:
 
 def check_sparse_dist(command: Command, checked: Checked) -> None:
     """``sparse-dist ...``: the console script pyproject.toml installs, then the subcommand's parser."""
-    if "sparse_dist.cli:main" not in pyproject_strings():
-        fail(command, "pyproject.toml installs no sparse-dist = sparse_dist.cli:main")
+    if "sparse_dist.cli:run" not in pyproject_strings():
+        fail(command, "pyproject.toml installs no sparse-dist = sparse_dist.cli:run")
     args = command.argv[1:]
     if not args or args[0] in ("-h", "--help"):
         from sparse_dist.cli import main

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file
 
 from harness import run_distributed
@@ -16,7 +17,7 @@ from sparse_dist.trainer import Trainer
 pytestmark = pytest.mark.distributed
 
 
-def train_then_export_compressed(run_dir: str) -> int:
+def train_then_export_compressed(run_dir: str) -> tuple[int, bool]:
     """A tiny magnitude run (its dense export in final/model), then ``launch/export.py --format compressed``."""
     from launch.export import main as export_main
 
@@ -25,7 +26,8 @@ def train_then_export_compressed(run_dir: str) -> int:
                          pruning={"method": "magnitude", "scope": "global", "target_remaining": 0.3,
                                   "final_warmup_steps": 1})
     Trainer(config, env).train()
-    return export_main(["--run-dir", run_dir, "--format", "compressed", "--out", f"{run_dir}_compressed"])
+    status = export_main(["--run-dir", run_dir, "--format", "compressed", "--out", f"{run_dir}_compressed"])
+    return status, dist.is_initialized()  # the command ends the process group itself
 
 
 def bits(tensor: torch.Tensor) -> bytes:
@@ -34,7 +36,7 @@ def bits(tensor: torch.Tensor) -> bytes:
 
 def test_compressed_export_decompresses_to_the_dense_export_bit_for_bit(tmp_path):
     run_dir = tmp_path / "run"
-    assert run_distributed(train_then_export_compressed, 1, str(run_dir))[0] == 0
+    assert run_distributed(train_then_export_compressed, 1, str(run_dir))[0] == (0, False)
     dense_dir, compressed_dir = run_dir / "final" / "model", tmp_path / "run_compressed" / "model"
     dense = load_file(str(dense_dir / "model.safetensors"))
     sparsity = json.loads((dense_dir / "sparsity.json").read_text())

@@ -7,13 +7,16 @@
     sparse-dist plan --config configs/pins_t5_large.yaml --world-size 8   # memory per rank, nothing allocated
 
 Each module has ``main(argv, prog) -> exit status``; a subcommand is imported only when it runs, so
-``--help`` stays quick.
+``--help`` stays quick. A process ends through :func:`exit_with` (the console scripts, ``python -m
+sparse_dist.cli`` and ``launch/*.py``), never by returning into the interpreter's teardown after its ranks
+met (see :func:`sparse_dist.distributed.env.finish_process`).
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+from typing import NoReturn
 
 SUBCOMMANDS = {
     "train": ("sparse_dist.cli.train", "train (and prune) a model described by a YAML config"),
@@ -47,3 +50,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(SUBCOMMANDS[name][0])
     return module.main(rest, prog=f"sparse-dist {name}")
+
+
+def exit_with(status: int) -> NoReturn:
+    """End the process with ``status``: through :func:`~sparse_dist.distributed.env.finish_process` where
+    this process may have started ranks (the module that starts them is loaded), else ``sys.exit``."""
+    env = sys.modules.get("sparse_dist.distributed.env")
+    if env is None:
+        sys.exit(status)
+    env.finish_process(status)
+
+
+def run() -> NoReturn:
+    """The ``sparse-dist`` console script: :func:`main` on ``sys.argv``, then :func:`exit_with` its status."""
+    exit_with(main())

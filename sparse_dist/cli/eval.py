@@ -178,8 +178,7 @@ def main(argv: list[str] | None = None, prog: str = "sparse-dist eval") -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-    from sparse_dist.data.load import DataError
-    from sparse_dist.distributed.env import RendezvousError, init_distributed, init_logging
+    from sparse_dist.distributed.env import RendezvousError, init_distributed, init_logging, shutdown_distributed
 
     try:
         env = init_distributed()
@@ -187,6 +186,15 @@ def main(argv: list[str] | None = None, prog: str = "sparse-dist eval") -> int:
         print(f"rendezvous error: {error}", file=sys.stderr)
         return 2
     init_logging(env.rank)
+    status = _evaluate(args, built, form, config, env)
+    shutdown_distributed()
+    return status
+
+
+def _evaluate(args: argparse.Namespace, built, form: str, config, env) -> int:
+    """Score the built model on this rank (rank 0 prints and writes the result); the exit status (0 or 2)."""
+    from sparse_dist.data.load import DataError
+
     try:
         scored = evaluate(built, config, env)
     except DataError as error:  # a bad row: the same on every rank

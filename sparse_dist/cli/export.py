@@ -57,11 +57,19 @@ def main(argv: list[str] | None = None, prog: str = "sparse-dist export") -> int
         print(f"config error: {error}", file=sys.stderr)
         return 2
 
-    from sparse_dist.distributed.env import init_distributed, init_logging
-    from sparse_dist.trainer import Trainer
+    from sparse_dist.distributed.env import init_distributed, init_logging, shutdown_distributed
 
     env = init_distributed()
     init_logging(env.rank)
+    status = _export(config, env, run_dir, args)
+    shutdown_distributed()
+    return status
+
+
+def _export(config, env, run_dir: Path, args: argparse.Namespace) -> int:
+    """Restore the run's last checkpoint on this rank and export it; the exit status (0, 1 or 2)."""
+    from sparse_dist.trainer import Trainer
+
     try:
         trainer = Trainer(config, env)  # refuses another run's checkpoints (or an old ZeRO one on another world size)
     except ConfigError as error:

@@ -78,10 +78,7 @@ def main(argv: list[str] | None = None, prog: str = "sparse-dist train") -> int:
         print(f"config ok: {args.config} ({config.world_size} rank(s))")
         return 0
 
-    from sparse_dist.data.load import DataError
-    from sparse_dist.distributed.env import RendezvousError, init_distributed, init_logging
-    from sparse_dist.preemption import RESUMABLE_EXIT
-    from sparse_dist.trainer import Trainer
+    from sparse_dist.distributed.env import RendezvousError, init_distributed, init_logging, shutdown_distributed
 
     try:
         env = init_distributed()
@@ -89,6 +86,17 @@ def main(argv: list[str] | None = None, prog: str = "sparse-dist train") -> int:
         print(f"rendezvous error: {error}", file=sys.stderr)
         return 2
     init_logging(env.rank)
+    status = _train(config, env)
+    shutdown_distributed()
+    return status
+
+
+def _train(config, env) -> int:
+    """Run the training on this rank; the exit status (0, 2 for bad data or config, RESUMABLE_EXIT)."""
+    from sparse_dist.data.load import DataError
+    from sparse_dist.preemption import RESUMABLE_EXIT
+    from sparse_dist.trainer import Trainer
+
     try:
         result = Trainer(config, env).train()
     except (ConfigError, DataError) as error:  # found after the ranks started (data rows): no traceback
@@ -99,3 +107,11 @@ def main(argv: list[str] | None = None, prog: str = "sparse-dist train") -> int:
             logging.getLogger("sparse_dist.cli.train").error(line)
         return 2
     return RESUMABLE_EXIT if result.stopped else 0
+
+
+def run() -> None:
+    """The ``sparse-dist-train`` console script: :func:`main`, then the process ends with its status
+    (:func:`sparse_dist.cli.exit_with`)."""
+    from sparse_dist.cli import exit_with
+
+    exit_with(main())

@@ -13,8 +13,10 @@ the silent fallback to joining; it writes a token that every rank of the job sha
 launcher process that started all ranks on one machine), and the other ranks join only a store holding
 that token. A one-process run always takes a free loopback port of its own.
 
-On CPU the names of DeepSpeed's shared-memory all-reduce buffers are unlinked as soon as every rank has
-mapped them (:mod:`sparse_dist.distributed.shm`), so that no exit of a rank leaves them in /dev/shm.
+Every command ends its group (:func:`shutdown_distributed`) and its process (:func:`finish_process`: a
+process that started gloo ranks leaves without the interpreter's teardown, which could abort it). On CPU
+the names of DeepSpeed's shared-memory all-reduce buffers are unlinked as soon as every rank has mapped
+them (:mod:`sparse_dist.distributed.shm`), so that no exit of a rank leaves them in /dev/shm.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -130,6 +133,10 @@ def _job_store(rank: int, world_size: int, timeout: timedelta) -> dist.Store:
     return dist.PrefixStore(f"sparse_dist/{token}/", store)
 
 
+_GROUP_STARTED = False
+"""Whether this process has started a process group (:func:`finish_process` then skips the teardown)."""
+
+
 def init_distributed() -> DistEnv:
     """Start (or join) the process group and pick this rank's device. All ranks must call it.
 
@@ -137,6 +144,7 @@ def init_distributed() -> DistEnv:
     the code never special-cases "not distributed". Raises :class:`RendezvousError` rather than joining
     a store that is not this job's (see the module docstring).
     """
+    global _GROUP_STARTED
     from deepspeed import init_distributed as ds_init_distributed
     from deepspeed.accelerator import get_accelerator
     from deepspeed.constants import default_pg_timeout
@@ -161,6 +169,7 @@ def init_distributed() -> DistEnv:
     # it also loads its shared-memory op, built with the same ninja as every other build (see ops.py).
     use_venv_ninja()
     ds_init_distributed(dist_backend=backend, verbose=False)
+    _GROUP_STARTED = True
     if device.type == "cpu":
         # The shared-memory op's buffers are never unlinked by DeepSpeed: drop their names now that every
         # rank has mapped them, so that no exit, not even SIGKILL, leaves 69 MB per rank in /dev/shm.
@@ -171,6 +180,36 @@ def init_distributed() -> DistEnv:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_ranks))
     return DistEnv(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
                    device=device, backend=backend)
+
+
+def shutdown_distributed() -> None:
+    """Destroy the process group, if there is one (torch asks every program to, before it exits): the
+    commands call it once their ranks have nothing more to exchange. Not called when an exception escapes:
+    a peer may still be inside a collective this rank would wait for."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def finish_process(status: int) -> NoReturn:
+    """End this process with ``status`` (the scripts' and console commands' last call): logging and the
+    standard streams are flushed, then a process that started a process group leaves without the
+    interpreter's teardown (``os._exit``).
+
+    Why: gloo's worker threads outlive ``destroy_process_group`` wherever a group is still referenced
+    (DeepSpeed keeps its groups in module globals and on every parameter, ``param._dp_group``). A worker
+    that drops the last reference to a finished collective's tensor must take the GIL; once the interpreter
+    is finalizing, that thread is unwound and the process aborts (``terminate called without an active
+    exception``, SIGABRT) after all its work is done, and the launcher reports the finished run as failed
+    (core dump: ``~AsyncAllgatherWork`` -> ``decref_pyobject`` -> ``take_gil`` -> ``PyThread_exit_thread``;
+    pytorch/pytorch#190489). Everything a run writes is written and closed before its command returns.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed or broken pipe: nothing more to say
+            stream.flush()
+    if _GROUP_STARTED:
+        os._exit(status)
+    sys.exit(status)
 
 
 @contextlib.contextmanager

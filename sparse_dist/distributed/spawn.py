@@ -60,8 +60,9 @@ def _worker(fn: Callable, args: tuple, rank: int, world_size: int, port: int, ou
         init_distributed()
         init_logging(rank)
         result = ("ok", fn(*args))
-        dist.barrier()
-        dist.destroy_process_group()
+        if dist.is_initialized():  # an entry point (``sparse_dist.cli``'s commands) ends the group itself
+            dist.barrier()
+            dist.destroy_process_group()
     except BaseException:  # noqa: BLE001 - every failure must reach the parent
         result = ("error", traceback.format_exc())
     with open(out, "wb") as handle:
