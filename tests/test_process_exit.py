@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import run_distributed
 from sparse_dist.distributed.env import free_port
 
 pytestmark = pytest.mark.distributed
@@ -57,3 +58,19 @@ def test_finished_ranks_exit_with_their_status_and_their_output_every_time(tmp_p
 def test_a_rank_exits_with_the_status_it_was_given(tmp_path):
     done = run_ranks(tmp_path, "exit_with(75)")  # RESUMABLE_EXIT: the job scripts decide from it
     assert done.returncode != 0 and "exitcode  : 75" in done.stderr, done.stderr[-3000:]
+
+
+def train_command(argv: list[str]) -> tuple[int, bool]:
+    """``sparse-dist train`` on this rank: its status, and whether the process group is still up after it."""
+    import torch.distributed as dist
+
+    from sparse_dist.cli import main
+
+    return main(["train", *argv]), dist.is_initialized()
+
+
+def test_the_train_command_ends_its_process_group(tmp_path, data_dir):
+    # (eval and export: test_eval_command.py and test_export_compressed.py check the same where they run them)
+    argv = ["--config", "configs/tiny_bert_sst2.yaml", f"job.run_dir={tmp_path / 'run'}", f"data.local_dir={data_dir}",
+            "training.max_steps=2", "metrics.progress_bar=false"]
+    assert run_distributed(train_command, 2, argv) == [(0, False), (0, False)]

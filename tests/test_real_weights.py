@@ -33,7 +33,7 @@ def smp_prune_minilm(run_dir: str, data_dir: str) -> tuple[dict, dict]:
     env = init_distributed()
     config = load_config("configs/smp_minilm_sst2.yaml", [
         f"job.run_dir={run_dir}", f"data.local_dir={data_dir}", "data.max_train_examples=2000",
-        "data.max_eval_examples=256", "training.max_steps=100", "pruning.final_warmup_steps=25",
+        "data.max_eval_examples=256", "training.max_steps=80", "pruning.final_warmup_steps=20",
         "eval.eval_every_steps=0", "checkpoint.save_every_steps=0", "checkpoint.save_final_model=false",
         "metrics.progress_bar=false"], world_size=env.world_size)
     result = Trainer(config, env).train()
