@@ -21,14 +21,13 @@ import importlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import (
     AutoConfig,
     AutoTokenizer,
     PretrainedConfig,
-    PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 from transformers import logging as hf_logging
@@ -46,6 +45,9 @@ from sparse_dist.models.label_words import (
 )
 from sparse_dist.models.tiny import tiny_checkpoint, tiny_model_names
 from sparse_dist.tasks import TaskSpec
+
+if TYPE_CHECKING:  # transformers' modeling_utils costs seconds to import: not for a config check (--check)
+    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 

@@ -36,11 +36,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import TYPE_CHECKING
 
 import deepspeed
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 from transformers.modeling_outputs import SequenceClassifierOutput
+
+if TYPE_CHECKING:  # transformers' modeling_utils costs seconds to import: not for a config check
+    from transformers import PreTrainedModel
 
 from sparse_dist.config import ConfigError
 from sparse_dist.distributed.gather import is_partitioned, iter_full_parameters
