@@ -6,10 +6,10 @@ command itself is ``sparse-dist eval`` (sparse_dist/cli/eval.py).
     torchrun --nproc_per_node 2 launch/eval.py --model runs/tiny_ner_conll/final/model --task conll2003
 """
 
-from sparse_dist.cli import exit_with
+from sparse_dist.cli import exit_after
 from sparse_dist.cli.eval import main
 
 __all__ = ["main"]
 
 if __name__ == "__main__":
-    exit_with(main(prog="launch/eval.py"))
+    exit_after(main, prog="launch/eval.py")

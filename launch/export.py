@@ -6,10 +6,10 @@ need a script path); the command itself is ``sparse-dist export`` (sparse_dist/c
     python -m launch.export --run-dir runs/smp_minilm_sst2 --format compressed   # sparse-bitmask weights
 """
 
-from sparse_dist.cli import exit_with
+from sparse_dist.cli import exit_after
 from sparse_dist.cli.export import main
 
 __all__ = ["main"]
 
 if __name__ == "__main__":
-    exit_with(main(prog="launch/export.py"))
+    exit_after(main, prog="launch/export.py")

@@ -8,10 +8,10 @@ scripts need a script path); the command itself is ``sparse-dist train`` (sparse
     python -m launch.train --completed --config configs/minilm_sst2.yaml            # 0 if this run is complete
 """
 
-from sparse_dist.cli import exit_with
+from sparse_dist.cli import exit_after
 from sparse_dist.cli.train import main
 
 __all__ = ["main"]
 
 if __name__ == "__main__":
-    exit_with(main(prog="launch/train.py"))
+    exit_after(main, prog="launch/train.py")

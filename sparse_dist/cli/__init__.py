@@ -7,7 +7,7 @@
     sparse-dist plan --config configs/pins_t5_large.yaml --world-size 8   # memory per rank, nothing allocated
 
 Each module has ``main(argv, prog) -> exit status``; a subcommand is imported only when it runs, so
-``--help`` stays quick. A process ends through :func:`exit_with` (the console scripts, ``python -m
+``--help`` stays quick. A process ends through :func:`exit_after` (the console scripts, ``python -m
 sparse_dist.cli`` and ``launch/*.py``), never by returning into the interpreter's teardown after its ranks
 met (see :func:`sparse_dist.distributed.env.finish_process`).
 """
@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import NoReturn
+import traceback
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 SUBCOMMANDS = {
     "train": ("sparse_dist.cli.train", "train (and prune) a model described by a YAML config"),
@@ -61,6 +63,17 @@ def exit_with(status: int) -> NoReturn:
     env.finish_process(status)
 
 
+def exit_after(command: Callable[..., int], *args: Any, **kwargs: Any) -> NoReturn:
+    """Run ``command(*args, **kwargs)`` and end the process with its status through :func:`exit_with`; an
+    exception is printed and ends it with status 1 (never a rank aborted in the interpreter's teardown)."""
+    try:
+        status = command(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - any failure of the command: its traceback, then status 1
+        traceback.print_exc()
+        status = 1
+    exit_with(status)
+
+
 def run() -> NoReturn:
-    """The ``sparse-dist`` console script: :func:`main` on ``sys.argv``, then :func:`exit_with` its status."""
-    exit_with(main())
+    """The ``sparse-dist`` console script: :func:`main` on ``sys.argv``, through :func:`exit_after`."""
+    exit_after(main)

@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None, prog: str = "sparse-dist eval") -> int:
         return 2
     init_logging(env.rank)
     status = _evaluate(args, built, form, config, env)
-    shutdown_distributed()
+    shutdown_distributed(env)
     return status
 
 

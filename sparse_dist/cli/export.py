@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None, prog: str = "sparse-dist export") -> int
     env = init_distributed()
     init_logging(env.rank)
     status = _export(config, env, run_dir, args)
-    shutdown_distributed()
+    shutdown_distributed(env)
     return status
 
 

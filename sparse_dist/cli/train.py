@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import NoReturn
 
 from sparse_dist.config import ConfigError, describe_config, load_config
 
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None, prog: str = "sparse-dist train") -> int:
         return 2
     init_logging(env.rank)
     status = _train(config, env)
-    shutdown_distributed()
+    shutdown_distributed(env)
     return status
 
 
@@ -109,9 +110,9 @@ def _train(config, env) -> int:
     return RESUMABLE_EXIT if result.stopped else 0
 
 
-def run() -> None:
+def run() -> NoReturn:
     """The ``sparse-dist-train`` console script: :func:`main`, then the process ends with its status
-    (:func:`sparse_dist.cli.exit_with`)."""
-    from sparse_dist.cli import exit_with
+    (:func:`sparse_dist.cli.exit_after`)."""
+    from sparse_dist.cli import exit_after
 
-    exit_with(main())
+    exit_after(main)

@@ -22,6 +22,7 @@ them (:mod:`sparse_dist.distributed.shm`), so that no exit of a rank leaves them
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import socket
@@ -47,6 +48,9 @@ class DistEnv:
     local_rank: int
     device: torch.device
     backend: str
+    started_group: bool = False
+    """Whether the :func:`init_distributed` call that made this started the process group (else a caller
+    had): :func:`shutdown_distributed` ends only such a group."""
 
     @property
     def is_main(self) -> bool:
@@ -134,7 +138,8 @@ def _job_store(rank: int, world_size: int, timeout: timedelta) -> dist.Store:
 
 
 _GROUP_STARTED = False
-"""Whether this process has started a process group (:func:`finish_process` then skips the teardown)."""
+"""Whether :func:`init_distributed` has started a process group in this process: :func:`finish_process`
+then skips the interpreter's teardown."""
 
 
 def init_distributed() -> DistEnv:
@@ -159,6 +164,7 @@ def init_distributed() -> DistEnv:
     if accelerator.device_name() != "cpu":
         accelerator.set_device(local_rank)
     device = torch.device(accelerator.device_name(local_rank) if accelerator.device_name() != "cpu" else "cpu")
+    started = not dist.is_initialized()  # here, or by DeepSpeed below (torchrun's agent store)
     if not dist.is_initialized() and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         store = _job_store(rank, world_size, default_pg_timeout)
@@ -169,7 +175,7 @@ def init_distributed() -> DistEnv:
     # it also loads its shared-memory op, built with the same ninja as every other build (see ops.py).
     use_venv_ninja()
     ds_init_distributed(dist_backend=backend, verbose=False)
-    _GROUP_STARTED = True
+    _GROUP_STARTED = _GROUP_STARTED or started
     if device.type == "cpu":
         # The shared-memory op's buffers are never unlinked by DeepSpeed: drop their names now that every
         # rank has mapped them, so that no exit, not even SIGKILL, leaves 69 MB per rank in /dev/shm.
@@ -179,14 +185,16 @@ def init_distributed() -> DistEnv:
         local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", "1")))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_ranks))
     return DistEnv(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
-                   device=device, backend=backend)
+                   device=device, backend=backend, started_group=started)
 
 
-def shutdown_distributed() -> None:
-    """Destroy the process group, if there is one (torch asks every program to, before it exits): the
+def shutdown_distributed(env: DistEnv) -> None:
+    """Destroy the process group if the :func:`init_distributed` call that returned ``env`` started it
+    (torch asks every program to, before it exits); a group a caller started is the caller's to end. The
     commands call it once their ranks have nothing more to exchange. Not called when an exception escapes:
-    a peer may still be inside a collective this rank would wait for."""
-    if dist.is_initialized():
+    a peer may still be inside a collective this rank would wait for. One command per process: DeepSpeed
+    keeps the groups it made (``deepspeed.utils.groups``, ``param._dp_group``) and cannot start again."""
+    if env.started_group and dist.is_initialized():
         dist.destroy_process_group()
 
 
@@ -208,6 +216,8 @@ def finish_process(status: int) -> NoReturn:
         with contextlib.suppress(Exception):  # a closed or broken pipe: nothing more to say
             stream.flush()
     if _GROUP_STARTED:
+        with contextlib.suppress(Exception):  # C stdio buffers of native code: os._exit does not flush them
+            ctypes.CDLL(None).fflush(None)
         os._exit(status)
     sys.exit(status)
 
