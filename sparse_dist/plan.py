@@ -124,7 +124,13 @@ def build_meta_model(config: RunConfig, name_or_path: str | None = None, head: s
     from dataclasses import replace
 
     from sparse_dist.distributed.memory import on_meta_device
-    from sparse_dist.models.build import check_model_for_task, known_architecture, load_model_config, load_tokenizer
+    from sparse_dist.models.build import (
+        check_model_for_task,
+        known_architecture,
+        load_model_config,
+        load_tokenizer,
+        uses_label_words,
+    )
     from sparse_dist.models.families import get_family
     from sparse_dist.models.label_words import build_label_word_classifier
     from sparse_dist.tasks import get_task
@@ -138,7 +144,7 @@ def build_meta_model(config: RunConfig, name_or_path: str | None = None, head: s
     family = get_family(hf_config.model_type)
     check_model_for_task(hf_config, task, model_cfg.name_or_path, model_cfg.head, key)
     task.type.configure_model(task, hf_config, family.kind)
-    label_words = family.label_words and model_cfg.head == "label_words"
+    label_words = uses_label_words(family, model_cfg)
     model_class = task.type.model_class(family.kind, label_words)
     with on_meta_device():
         pretrained = model_class.from_config(hf_config)
@@ -151,7 +157,7 @@ def build_meta_model(config: RunConfig, name_or_path: str | None = None, head: s
 
 def _describe_model(config: RunConfig) -> _Model:
     from sparse_dist.distributed.memory import on_meta_device
-    from sparse_dist.models.build import task_head_names
+    from sparse_dist.models.build import task_head_names, uses_label_words
     from sparse_dist.pruning.build import build_pruner
     from sparse_dist.pruning.masked_linear import trains_with_scores
     from sparse_dist.pruning.sites import find_sites
@@ -164,8 +170,7 @@ def _describe_model(config: RunConfig) -> _Model:
     pruner = build_pruner(config.pruning, pretrained, config.training.max_steps, comm=None)
     with on_meta_device():
         # Learned scores become parameters; SMP freezes everything else but a new task head (NER, QA).
-        label_words = family.label_words and config.model.head == "label_words"
-        pruner.prepare(model, task_head_names(model, family.kind, label_words))
+        pruner.prepare(model, task_head_names(model, family.kind, uses_label_words(family, config.model)))
     groups = build_param_groups(model, config.optimizer, config.pruning.score_lr)
     group_of = {id(p): g for g, group in enumerate(groups) for p in group["params"]}
     params = [_Param(name, p.numel(), group_of.get(id(p))) for name, p in model.named_parameters()]

@@ -226,7 +226,7 @@ def build_model(model_cfg: ModelConfig, task: TaskSpec, deepspeed_config: dict[s
     # The integration is process-global: clear any left by an earlier model, set it only for ZeRO-3.
     unset_hf_deepspeed_config()
     integration = HfDeepSpeedConfig(deepspeed_config) if deepspeed_config["zero_optimization"]["stage"] == 3 else None
-    label_words = family.label_words and model_cfg.head == "label_words"
+    label_words = uses_label_words(family, model_cfg)
     check_calibration(family, model_cfg.calibrate_label_words, model_cfg.name_or_path)
     model_class = task.type.model_class(kind, label_words)
     with torch.random.fork_rng(devices=[]), _quiet_transformers():
@@ -252,6 +252,11 @@ def build_model(model_cfg: ModelConfig, task: TaskSpec, deepspeed_config: dict[s
     return BuiltModel(model=model, tokenizer=tokenizer, family=family, source=source, zero3_integration=integration,
                       pretrained=pretrained, new_weights=missing, task_head=task_head_names(model, kind, label_words),
                       warnings=warnings)
+
+
+def uses_label_words(family: ModelFamily, model_cfg: ModelConfig) -> bool:
+    """Whether the model is built as a label-word classifier (SMP's head): asked for, and its family has one."""
+    return bool(family.label_words) and model_cfg.head == "label_words"
 
 
 def task_head_names(model: torch.nn.Module, kind: ModelKind, label_words: bool) -> tuple[str, ...]:
