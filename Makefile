@@ -12,6 +12,9 @@ BIN := $(VENV)/bin
 # torch first, pinned: a bare "torch" requirement would pull the CUDA builds (several GB).
 TORCH_SPEC ?= torch==2.13.0
 NUM_RANKS ?= 2
+# make test runs the suite on two pytest-xdist workers: a third of a one-worker run's time the cores sat idle
+# (SLURM jobs starting, ranks waiting on each other). Each module runs whole on one worker (tests/conftest.py).
+TEST_WORKERS ?= 2
 
 .PHONY: setup slurm demo test test-fast lint clean
 
@@ -39,7 +42,7 @@ demo: setup
 	$(BIN)/deepspeed --num_gpus $(NUM_RANKS) launch/train.py --config configs/smp_minilm_sst2.yaml
 
 test: setup slurm
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 # The tiers are marks (pyproject.toml, tests/README.md); the `slow` and `e2e` tests run only under `make test`.
 test-fast: setup

@@ -1,5 +1,6 @@
-"""Shared test setup: offline hub, a private cache for tiny models, paths to the real data, and the marks of
-the running test handed to ``harness`` (which refuses to start ranks in a test not marked ``distributed``)."""
+"""Shared test setup: offline hub, a private cache for tiny models, paths to the real data, the marks of the
+running test handed to ``harness`` (which refuses to start ranks in a test not marked ``distributed``), and
+the order and grouping in which ``make test``'s two pytest-xdist workers take the modules."""
 
 import os
 from pathlib import Path
@@ -34,3 +35,41 @@ def data_dir() -> Path:
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
     harness.current_marks = {mark.name for mark in item.iter_markers()}
+
+
+# Modules that start a SLURM cluster run one after the other on one worker: each job takes both cores.
+SLURM_MODULES = {"test_slurm.py", "test_slurm_two_nodes.py"}
+
+
+def _unit(module: str) -> str:
+    """The unit of work a test module belongs to: the module itself, or "slurm" for the SLURM modules."""
+    return "slurm" if Path(module).name in SLURM_MODULES else module
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """Units of work in the order ``make test``'s two workers should take them, longest first, so that the
+    last to start are short: the SLURM unit, then modules with a ``slow`` or ``e2e`` test, then the rest, each tier in
+    collection order (``--no-loadscope-reorder`` keeps it). Modules stay whole, so each module's fixtures
+    live once."""
+    long_units = {_unit(str(item.path)) for item in items
+                  if item.get_closest_marker("slow") or item.get_closest_marker("e2e")}
+    items.sort(key=lambda item: (0 if _unit(str(item.path)) == "slurm"
+                                 else 1 if _unit(str(item.path)) in long_units else 2))
+
+
+try:
+    from xdist.scheduler import LoadScopeScheduling
+except ImportError:  # without pytest-xdist the suite runs in one process, in the order above
+    LoadScopeScheduling = None
+else:
+    class ModuleScheduling(LoadScopeScheduling):
+        """``--dist loadscope`` (each module whole on one worker, its module fixtures set up once), with the
+        SLURM modules one unit between them."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid.split("::", 1)[0])
+
+    def pytest_xdist_make_scheduler(config, log):
+        """``make test``: ``-n 2 --dist loadscope --no-loadscope-reorder``; other ``--dist`` modes as xdist has them."""
+        return ModuleScheduling(config, log) if config.getvalue("dist") == "loadscope" else None
