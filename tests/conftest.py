@@ -41,8 +41,10 @@ def pytest_runtest_setup(item):
 SLURM_MODULES = {"test_slurm.py", "test_slurm_two_nodes.py"}
 
 
-def _unit(module: str) -> str:
-    """The unit of work a test module belongs to: the module itself, or "slurm" for the SLURM modules."""
+def unit_of(nodeid: str) -> str:
+    """The unit of work a test belongs to (``tests/test_x.py::test_y[z]``): its module's path, or "slurm" for
+    the SLURM modules."""
+    module = nodeid.split("::", 1)[0]
     return "slurm" if Path(module).name in SLURM_MODULES else module
 
 
@@ -52,10 +54,10 @@ def pytest_collection_modifyitems(items):
     last to start are short: the SLURM unit, then modules with a ``slow`` or ``e2e`` test, then the rest, each tier in
     collection order (``--no-loadscope-reorder`` keeps it). Modules stay whole, so each module's fixtures
     live once."""
-    long_units = {_unit(str(item.path)) for item in items
+    long_units = {unit_of(item.nodeid) for item in items
                   if item.get_closest_marker("slow") or item.get_closest_marker("e2e")}
-    items.sort(key=lambda item: (0 if _unit(str(item.path)) == "slurm"
-                                 else 1 if _unit(str(item.path)) in long_units else 2))
+    items.sort(key=lambda item: (0 if unit_of(item.nodeid) == "slurm"
+                                 else 1 if unit_of(item.nodeid) in long_units else 2))
 
 
 try:
@@ -68,7 +70,7 @@ else:
         SLURM modules one unit between them."""
 
         def _split_scope(self, nodeid: str) -> str:
-            return _unit(nodeid.split("::", 1)[0])
+            return unit_of(nodeid)
 
     def pytest_xdist_make_scheduler(config, log):
         """``make test``: ``-n 2 --dist loadscope --no-loadscope-reorder``; other ``--dist`` modes as xdist has them."""

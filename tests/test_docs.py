@@ -280,10 +280,17 @@ def declared_marks() -> set[str]:
 
 def check_pytest(command: Command, args: list[str]) -> None:
     """pytest's arguments: test paths exist, ``-m`` uses declared marks only, options from a known few."""
-    known = {"-q", "-x", "-ra", "--collect-only"}
+    known = {"-q", "-x", "-ra", "--collect-only", "--no-loadscope-reorder"}
     i = 0
     while i < len(args):
         arg = args[i]
+        if arg == "-n" and not re.fullmatch(r"\d+|auto", args[i + 1]):
+            fail(command, f"pytest -n takes a number of workers, got {args[i + 1]!r}")
+        if arg == "--dist" and args[i + 1] not in {"load", "loadscope", "loadfile", "loadgroup", "worksteal", "no"}:
+            fail(command, f"pytest --dist {args[i + 1]} is not one of pytest-xdist's modes")
+        if arg in ("-n", "--dist"):
+            i += 2
+            continue
         if arg in ("-m", "-k"):
             if arg == "-m":
                 words = set(re.findall(r"[A-Za-z_]\w*", args[i + 1])) - {"and", "or", "not"}
@@ -556,6 +563,8 @@ def test_a_block_without_language_or_with_a_wrong_command_fails_the_check(tmp_pa
     ("scancel --signal=USR3 --batch 812", "--signal=USR3: no such signal"),
     ("python -m pytest -q -m 'not fast'", "marks \\['fast'\\] are not declared in pyproject.toml"),
     ("python -m pytest tests/test_nothing.py", "test file tests/test_nothing.py does not exist"),
+    ("python -m pytest -n two", "pytest -n takes a number of workers, got 'two'"),
+    ("python -m pytest -n 2 --dist bymodule", "pytest --dist bymodule is not one of pytest-xdist's modes"),
     ("torchrun --nproc_per_node 3 launch/train.py --config configs/minilm_sst2.yaml", "config error on 3 rank"),
     ("deepspeed --num_gpus 2 launch/evaluate.py",
      "launchers start launch/train.py, launch/export.py, launch/eval.py, not launch/evaluate.py"),
