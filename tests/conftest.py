@@ -37,7 +37,8 @@ def pytest_runtest_setup(item):
     harness.current_marks = {mark.name for mark in item.iter_markers()}
 
 
-# Modules that start a SLURM cluster run one after the other on one worker: each job takes both cores.
+# Modules that start a SLURM cluster run one after the other on one worker, so that no two SLURM jobs run at
+# once (each job's ranks would take both cores).
 SLURM_MODULES = {"test_slurm.py", "test_slurm_two_nodes.py"}
 
 
@@ -48,7 +49,7 @@ def unit_of(nodeid: str) -> str:
     return "slurm" if Path(module).name in SLURM_MODULES else module
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(trylast=True)  # after -m and -k deselect: the order is that of the tests that will run
 def pytest_collection_modifyitems(items):
     """Units of work in the order ``make test``'s two workers should take them, longest first, so that the
     last to start are short: the SLURM unit, then modules with a ``slow`` or ``e2e`` test, then the rest, each tier in
@@ -72,6 +73,7 @@ else:
         def _split_scope(self, nodeid: str) -> str:
             return unit_of(nodeid)
 
+    @pytest.hookimpl(optionalhook=True)  # pytest -p no:xdist: no such hook, and none needed
     def pytest_xdist_make_scheduler(config, log):
         """``make test``: ``-n 2 --dist loadscope --no-loadscope-reorder``; other ``--dist`` modes as xdist has them."""
         return ModuleScheduling(config, log) if config.getvalue("dist") == "loadscope" else None

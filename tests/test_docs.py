@@ -284,10 +284,11 @@ def check_pytest(command: Command, args: list[str]) -> None:
     i = 0
     while i < len(args):
         arg = args[i]
-        if arg == "-n" and not re.fullmatch(r"\d+|auto", args[i + 1]):
-            fail(command, f"pytest -n takes a number of workers, got {args[i + 1]!r}")
-        if arg == "--dist" and args[i + 1] not in {"load", "loadscope", "loadfile", "loadgroup", "worksteal", "no"}:
-            fail(command, f"pytest --dist {args[i + 1]} is not one of pytest-xdist's modes")
+        value = args[i + 1] if i + 1 < len(args) else ""
+        if arg == "-n" and not re.fullmatch(r"\d+|auto|logical", value):
+            fail(command, f"pytest -n takes a number of workers, got {value!r}")
+        if arg == "--dist" and value not in {"load", "loadscope", "loadfile", "loadgroup", "worksteal", "no"}:
+            fail(command, f"pytest --dist {value!r} is not one of pytest-xdist's modes")
         if arg in ("-n", "--dist"):
             i += 2
             continue
@@ -564,7 +565,8 @@ def test_a_block_without_language_or_with_a_wrong_command_fails_the_check(tmp_pa
     ("python -m pytest -q -m 'not fast'", "marks \\['fast'\\] are not declared in pyproject.toml"),
     ("python -m pytest tests/test_nothing.py", "test file tests/test_nothing.py does not exist"),
     ("python -m pytest -n two", "pytest -n takes a number of workers, got 'two'"),
-    ("python -m pytest -n 2 --dist bymodule", "pytest --dist bymodule is not one of pytest-xdist's modes"),
+    ("python -m pytest -n 2 --dist bymodule", "pytest --dist 'bymodule' is not one of pytest-xdist's modes"),
+    ("python -m pytest -q -n", "pytest -n takes a number of workers, got ''"),
     ("torchrun --nproc_per_node 3 launch/train.py --config configs/minilm_sst2.yaml", "config error on 3 rank"),
     ("deepspeed --num_gpus 2 launch/evaluate.py",
      "launchers start launch/train.py, launch/export.py, launch/eval.py, not launch/evaluate.py"),

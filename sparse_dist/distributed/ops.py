@@ -139,8 +139,10 @@ def build_ops() -> list[str]:
         builder.load()
         return True
 
+    builds = {"deepspeed_shm_comm": shm_comm, "sparse_dist_band_pass": lambda: _load_kernel() is not None}
+    assert builds.keys() == set(OPS), "every op of OPS has its build here"
     with ThreadPoolExecutor(max_workers=2) as pool:  # the compilers run as subprocesses, outside the GIL
-        built = {name: pool.submit(build) for name, build in zip(OPS, (shm_comm, lambda: _load_kernel() is not None))}
+        built = {name: pool.submit(build) for name, build in builds.items()}
         return [name for name, future in built.items() if future.result()]
 
 
