@@ -52,19 +52,23 @@ def unit_of(nodeid: str) -> str:
 @pytest.hookimpl(trylast=True)  # after -m and -k deselect: the order is that of the tests that will run
 def pytest_collection_modifyitems(items):
     """Units of work in the order ``make test``'s two workers should take them, longest first, so that the
-    last to start are short: the SLURM unit, then modules with a ``slow`` or ``e2e`` test, then the rest, each tier in
-    collection order (``--no-loadscope-reorder`` keeps it). Modules stay whole, so each module's fixtures
+    last to start are short: the SLURM unit, then modules with a ``slow`` or ``e2e`` test, then the rest,
+    each tier in collection order (``--no-loadscope-reorder`` keeps it). Modules stay whole, so each module's fixtures
     live once."""
     long_units = {unit_of(item.nodeid) for item in items
                   if item.get_closest_marker("slow") or item.get_closest_marker("e2e")}
-    items.sort(key=lambda item: (0 if unit_of(item.nodeid) == "slurm"
-                                 else 1 if unit_of(item.nodeid) in long_units else 2))
+
+    def tier(item) -> int:
+        unit = unit_of(item.nodeid)
+        return 0 if unit == "slurm" else 1 if unit in long_units else 2
+
+    items.sort(key=tier)
 
 
 try:
     from xdist.scheduler import LoadScopeScheduling
 except ImportError:  # without pytest-xdist the suite runs in one process, in the order above
-    LoadScopeScheduling = None
+    pass
 else:
     class ModuleScheduling(LoadScopeScheduling):
         """``--dist loadscope`` (each module whole on one worker, its module fixtures set up once), with the

@@ -35,13 +35,19 @@ print(f"rank {env.rank}: gathered {sum(t.sum().item() for t in gathered):.0f}") 
 """
 
 
+def run_fresh(command: list[str]) -> subprocess.CompletedProcess:
+    """``command`` in a new process group of its own: this process's rank variables removed, the repository
+    importable; its status and output."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT", "MASTER_ADDR")}
+    return subprocess.run(command, cwd=REPO, env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                          timeout=300)
+
+
 def run_ranks(tmp_path: Path, exit_line: str) -> subprocess.CompletedProcess:
     script = tmp_path / "rank.py"
     script.write_text(RANK.replace("{exit}", exit_line))
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT", "MASTER_ADDR")}
-    return subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port",
-                           str(free_port()), str(script)], cwd=REPO, env={**env, "PYTHONPATH": str(REPO)},
-                          capture_output=True, text=True, timeout=300)
+    return run_fresh([str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port",
+                      str(free_port()), str(script)])
 
 
 @pytest.mark.e2e  # torchrun
@@ -87,9 +93,7 @@ exit_after(command, sys.argv[1])
                                                               ("raise", 1, "group started", False),
                                                               ("plain", 3, "no group", True)])
 def test_a_process_that_started_a_group_skips_the_teardown_and_keeps_its_output(kind, status, printed, teardown):
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT", "MASTER_ADDR")}
-    done = subprocess.run([sys.executable, "-c", ONE_PROCESS, kind], cwd=REPO, env={**env, "PYTHONPATH": str(REPO)},
-                          capture_output=True, text=True, timeout=300)
+    done = run_fresh([sys.executable, "-c", ONE_PROCESS, kind])
     assert done.returncode == status, done.stderr[-3000:]
     assert printed in done.stdout and ("TEARDOWN RAN" in done.stdout) == teardown, done.stdout
     assert ("RuntimeError: the command failed" in done.stderr) == (kind == "raise"), done.stderr[-3000:]
@@ -102,9 +106,7 @@ def test_the_train_command_ends_the_group_it_started_and_leaves_a_callers(tmp_pa
               "from sparse_dist.cli import main\n"
               "status = main(sys.argv[1:])\n"
               "print('status', status, 'group', dist.is_initialized())\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT", "MASTER_ADDR")}
-    done = subprocess.run([sys.executable, "-c", script, *argv], cwd=REPO, env={**env, "PYTHONPATH": str(REPO)},
-                          capture_output=True, text=True, timeout=300)
+    done = run_fresh([sys.executable, "-c", script, *argv])
     assert done.returncode == 0 and done.stdout.splitlines()[-1] == "status 0 group False", done.stderr[-3000:]
     argv[3] = f"job.run_dir={tmp_path / 'callers'}"
     assert run_distributed(train_command, 2, argv) == [(0, True), (0, True)]  # the group run_distributed started
