@@ -51,11 +51,11 @@ class ImportanceState:
         local = step % window_steps
         if local == 0:
             self.average.mul_(beta1).add_(self.window, alpha=1 - beta1)
-            if 0 < beta2 < 1:
-                self.uncertainty.mul_(beta2).add_((self.window - self.average).abs_(), alpha=1 - beta2)
+            if 0 < beta2 < 1:  # |I_win - Ibar| in the window's own storage: the window restarts just below
+                self.uncertainty.mul_(beta2).add_(self.window.sub_(self.average).abs_(), alpha=1 - beta2)
             self.window.copy_(importance)
-        else:
-            self.window.mul_(local).add_(importance).div_(local + 1)
+        else:  # (I_win * local + I_t) / (local + 1), in place
+            torch.add(importance, self.window, alpha=local, out=self.window).div_(local + 1)
 
     def score(self, beta2: float) -> torch.Tensor:
         return self.average * self.uncertainty if 0 < beta2 < 1 else self.average.clone()
@@ -66,13 +66,17 @@ class ImportanceState:
 
 
 def pins_importance(weight_before: torch.Tensor, grad: torch.Tensor, lr: float, signed: bool) -> torch.Tensor:
-    """s = -W g + eta g^2 = -g (W - eta g): the first-order loss change of keeping a weight after an SGD step."""
-    s = grad * (lr * grad - weight_before)
-    return s if signed else s.abs()
+    """s = -W g + eta g^2 = -g (W - eta g): the first-order loss change of keeping a weight after an SGD step
+    (PINS; docs: METHODS.md, "PINS"); ``|s|`` unless ``signed``. ``weight_before`` and ``grad`` are one
+    fragment's fp32 master and gradient (same shape); ``lr`` the group's learning rate at this step. Three
+    passes into one new tensor of the fragment's shape."""
+    s = torch.add(weight_before, grad, alpha=-lr).mul_(grad)  # g (W - eta g) = -s
+    return s.neg_() if signed else s.abs_()
 
 
 def platon_importance(weight_after: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    return (weight_after * grad).abs()
+    """``|W g|`` with the weights after the step (PLATON, Zhang et al. 2022; METHODS.md); one new tensor."""
+    return torch.mul(weight_after, grad).abs_()
 
 
 class ImportancePruner(Pruner):

@@ -32,16 +32,29 @@ import torch.nn.functional as F
 from sparse_dist.distributed.select import NO_TIES, ScoreShard, Threshold
 
 
-class _StraightThrough(torch.autograd.Function):
-    """Forward: the given binary mask. Backward: the incoming gradient, unchanged, to the scores."""
+class _MaskedWeight(torch.autograd.Function):
+    """``W' = W * M`` for a bool mask ``M`` computed from the scores ``S``, straight through to ``S``.
+
+    Forward: ``where(M, W, 0)``. Backward, from ``dL/dW'``: ``dL/dS = dL/dW' * W`` (the mask is transparent,
+    Sanh et al. 2020) and, only when ``W`` trains, ``dL/dW = dL/dW' * M``. One pass and no float copy of the
+    mask in the forward; the bool mask (1 B per weight) and ``W`` are what the backward keeps.
+    """
 
     @staticmethod
-    def forward(ctx, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return mask.to(scores.dtype)
+    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(weight, mask)
+        ctx.scores_dtype = scores.dtype
+        return torch.where(mask, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return grad, None
+        weight, mask = ctx.saved_tensors
+        grad_weight = grad_scores = None
+        if ctx.needs_input_grad[0]:
+            grad_weight = torch.where(mask, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
+        if ctx.needs_input_grad[1]:
+            grad_scores = torch.mul(grad, weight).to(ctx.scores_dtype)
+        return grad_weight, grad_scores, None
 
 
 def threshold_mask(scores: torch.Tensor, rule: Threshold, tensor: int) -> torch.Tensor:
@@ -117,8 +130,7 @@ class MaskedLinear(torch.nn.Module):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if self.track_sigmoid_mass and torch.is_grad_enabled():  # only the pass the regulariser differentiates
             self.sigmoid_mass = torch.sigmoid(self.scores).mean()
-        mask = _StraightThrough.apply(self.scores, self.current_mask().detach())
-        weight = self.weight * mask.to(self.weight.dtype)
+        weight = _MaskedWeight.apply(self.weight, self.scores, self.current_mask().detach())
         return F.linear(inputs, weight.t() if self.transposed else weight, self.bias)
 
     def extra_repr(self) -> str:
