@@ -50,9 +50,9 @@ class ImportanceState:
         """Fold in step ``step``'s importance (PLATON's update_ipt_with_local_window)."""
         local = step % window_steps
         if local == 0:
-            self.average.mul_(beta1).add_(self.window, alpha=1 - beta1)
+            self.average.lerp_(self.window, 1 - beta1)  # b1 Ibar + (1 - b1) I_win, one pass
             if 0 < beta2 < 1:  # |I_win - Ibar| in the window's own storage: the window restarts just below
-                self.uncertainty.mul_(beta2).add_(self.window.sub_(self.average).abs_(), alpha=1 - beta2)
+                self.uncertainty.lerp_(self.window.sub_(self.average).abs_(), 1 - beta2)
             self.window.copy_(importance)
         else:  # (I_win * local + I_t) / (local + 1), in place
             torch.add(importance, self.window, alpha=local, out=self.window).div_(local + 1)
