@@ -119,3 +119,33 @@ def train_command(argv: list[str]) -> tuple[int, bool]:
     from sparse_dist.cli import main
 
     return main(argv), dist.is_initialized()
+
+
+def _one_rank_killed() -> None:
+    import signal
+
+    import torch
+    import torch.distributed as dist
+
+    if dist.get_rank() == 1:
+        os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer sends
+    dist.all_reduce(torch.ones(1))  # rank 0 then fails for want of its peer
+
+
+def _one_rank_raises() -> None:
+    import torch.distributed as dist
+
+    if dist.get_rank() == 0:
+        raise ValueError("scores and weights disagree")
+
+
+def test_a_killed_rank_is_reported_before_the_errors_it_causes():
+    with pytest.raises(RuntimeError, match=r"^rank 1 of 2 produced no result \(killed by SIGKILL \(the kernel's OOM"):
+        run_distributed(_one_rank_killed, 2)
+
+
+def test_a_failed_rank_names_its_error_on_the_first_line():
+    with pytest.raises(RuntimeError) as raised:
+        run_distributed(_one_rank_raises, 2)
+    first = str(raised.value).splitlines()[0]
+    assert first == "rank 0 of 2 failed: ValueError: scores and weights disagree"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
+import signal
 import tempfile
 import time
 import traceback
@@ -94,14 +95,28 @@ def run_distributed(fn: Callable, world_size: int, *args: Any, timeout_s: float 
         for process in processes:
             if process.is_alive():
                 process.kill()
-        results = []
+        # A rank that died without a result (killed, e.g. for memory) is the cause of the others' errors
+        # (their peer went away), so it is reported first.
         for rank, path in enumerate(outputs):
             if not Path(path).exists():
-                detail = "timed out" if rank in hung else f"exit code {processes[rank].exitcode}"
-                raise RuntimeError(f"rank {rank} of {world_size} produced no result ({detail})")
+                raise RuntimeError(f"rank {rank} of {world_size} produced no result "
+                                   f"({'timed out' if rank in hung else _exit_detail(processes[rank].exitcode)})")
+        results = []
+        for rank, path in enumerate(outputs):
             with open(path, "rb") as handle:
                 status, value = pickle.load(handle)
             if status == "error":
-                raise RuntimeError(f"rank {rank} of {world_size} failed:\n{value}")
+                last = value.strip().splitlines()[-1] if value.strip() else "no traceback"
+                raise RuntimeError(f"rank {rank} of {world_size} failed: {last}\n{value}")
             results.append(value)
         return results
+
+
+def _exit_detail(exitcode: int | None) -> str:
+    """A process's end in words: ``exit code 3``, or ``killed by SIGKILL (the kernel's OOM killer sends it
+    when memory runs out)`` for a negative exit code."""
+    if exitcode is None or exitcode >= 0:
+        return f"exit code {exitcode}"
+    name = signal.Signals(-exitcode).name if -exitcode in signal.valid_signals() else f"signal {-exitcode}"
+    hint = " (the kernel's OOM killer sends it when memory runs out)" if -exitcode == signal.SIGKILL else ""
+    return f"killed by {name}{hint}"
