@@ -97,13 +97,17 @@ def _check(groups, results):
 # How the selection is steered for the test: "direct" runs as shipped (small problems search all
 # scores); the others shrink the constants so small problems take the sampled path, and then either
 # usually hit the bracket with bucket-edge pivots, refine the pivots to exact sample quantiles, always
-# miss the bracket (pivots on the wrong side), or overflow the band buffer.
+# miss the bracket (pivots on the wrong side), or overflow the band buffer (then collect the overflowing
+# bands again at their size, or search all scores).
 MODES = {
     "direct": {},
     "sampled": {"DIRECT_LIMIT": 8, "SAMPLE_SIZE": 16},
     "exact-pivots": {"DIRECT_LIMIT": 8, "SAMPLE_SIZE": 16, "COARSE_PIVOT_SLACK": 0.0},
     "bracket-miss": {"DIRECT_LIMIT": 8, "SAMPLE_SIZE": 16, "PIVOT_SIGMAS": -50.0},
-    "band-overflow": {"DIRECT_LIMIT": 8, "SAMPLE_SIZE": 16, "BAND_MIN_CAPACITY": 1, "PIVOT_SIGMAS": 50.0},
+    "band-overflow": {"DIRECT_LIMIT": 8, "SAMPLE_SIZE": 16, "BAND_MIN_CAPACITY": 1, "PIVOT_SIGMAS": 50.0,
+                      "BAND_RETRY_FRACTION": 1},
+    "band-overflow-search-all": {"DIRECT_LIMIT": 8, "SAMPLE_SIZE": 16, "BAND_MIN_CAPACITY": 1,
+                                 "PIVOT_SIGMAS": 50.0, "BAND_RETRY_FRACTION": 1 << 62},
 }
 
 
@@ -125,6 +129,21 @@ def test_large_continuous_scores_take_the_band_path():
     tensors = [torch.randn(300_000), torch.randn(200_003) * 3, torch.randn(77)]
     splits = [[(0, 0, t.numel() // 2), (1, t.numel() // 2, t.numel())] for t in tensors]
     for k in (1, 12_345, 250_040, 499_999):
+        check(2, [(tensors, k, splits)])
+
+
+def test_shards_at_different_scales_keep_the_band_path(monkeypatch):
+    """Layers whose scores differ in scale (gradients shrink with depth) put a larger share of one shard near
+    the threshold than the group's sample predicts: that shard's band overflows its buffer, and is collected
+    again at its size, not by searching every score."""
+    def no_full_search(*args):
+        raise AssertionError("searched all scores")
+
+    monkeypatch.setattr(select_module, "_ScoreTies", no_full_search)
+    torch.manual_seed(0)
+    tensors = [torch.rand(200_000).pow(4) * 10.0 ** -(i % 6) for i in range(6)]
+    splits = [[(0, 0, t.numel() // 2), (1, t.numel() // 2, t.numel())] for t in tensors]
+    for k in (60_000, 600_000, 1_100_000):
         check(2, [(tensors, k, splits)])
 
 

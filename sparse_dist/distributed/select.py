@@ -21,7 +21,8 @@ scores, so communication does not grow with their number.
 3. One pass over the local scores (:mod:`~sparse_dist.distributed.band_pass`): count the scores above
    the upper pivot and NaNs, and collect the scores between the pivots (the band), with positions.
    The counts and the histogram of the band's first digit travel in one reduce. If the bracket missed,
-   the group falls back to step 5 over all its scores: same answer, slower.
+   the group falls back to step 5 over all its scores: same answer, slower. If it held but a shard's band
+   outgrew its buffer, that shard's band is collected again at its exact size (one more reduce).
 4. NaN scores, counted in step 3 (or in step 5's first pass), are an error.
 5. Radix selection: per pass, the histogram of the next digit of the keys that share the prefix found
    so far (16-bit digits, narrower when many groups search all their scores).
@@ -59,7 +60,13 @@ HISTOGRAM_BUDGET = 1 << 16
 BAND_MIN_CAPACITY = 4096
 """Smallest band buffer per shard (a larger band falls back to searching all scores)."""
 BAND_CAPACITY_FACTOR = 1.25
-"""Band buffer per shard, relative to the band the sample predicts (its estimate is good to a few %)."""
+"""Band buffer per shard, relative to the band the sample predicts for the whole group (its estimate is good
+to a few %). A shard whose scores crowd near the threshold more than the group's do (a layer with smaller
+gradients than the rest) outgrows it; while the bracket holds, such a shard's band is collected again at
+its exact size (one more pass over that shard and one more reduce) instead of searching all scores."""
+BAND_RETRY_FRACTION = 8
+"""Largest band collected again after an overflow: 1/8 of the group's scores (8 B a band score: at most 1 B
+a score). A larger band searches all scores instead."""
 PIVOT_SIGMAS = 3.5
 """Distance of the pivots from the target rank, in standard deviations of the sample rank: the bracket
 misses with probability about 5e-4 (then the group searches all its scores, with the same result)."""
@@ -531,39 +538,73 @@ def _band_step(sampled: list[int], by_group: list[list[ScoreShard]], ks: Sequenc
             bands[g].append(result)
             counts += torch.tensor([result.above, result.in_band, result.nans, int(result.in_band > capacity),
                                     shard.scores.numel()])
-        # Band keys are searched as offsets from the lower pivot's key: fewer digits than the full range.
-        low = _value_to_key(p.lo, info.bits[g])
-        span_bits = max(1, (_value_to_key(p.hi, info.bits[g]) - low).bit_length())
-        source = _tensor_source([b.band for b in bands[g]])
-        if span_bits <= 62:
-            search = _Search(source, 1, span_bits, base=low)
-        else:  # a float64 band over nearly the whole range: offsets would overflow int64
-            search = _Search(source, 1, info.bits[g])
-        width = min(_DIGIT, search.left)
-        parts += [counts.to(device), search.histogram(width, device, torch.int64)[0]]
-        band_searches[g] = (search, width)
+        band_searches[g] = _band_search(bands[g], pivots[g], info.bits[g])
+        parts += [counts.to(device), _first_histogram(band_searches[g], device)]
     flat = torch.cat(parts)
     comm.all_reduce(flat)
     searches: dict[int, _Search] = {}
     views: dict[int, list[_TieView]] = {}
+    histograms: dict[int, torch.Tensor] = {}
+    regather: list[int] = []
     start = 0
     for g in sampled:
-        results = bands[g]
-        search, width = band_searches[g]
+        width = band_searches[g][1]
         above, in_band, nans, overflow, size = (int(v) for v in flat[start:start + 5])
-        histogram = flat[start + 5:start + 5 + (1 << width)]
+        histograms[g] = flat[start + 5:start + 5 + (1 << width)]
         start += 5 + (1 << width)
         _raise_on_nan(g, nans)
         _check_size(size, info.sizes[g])
-        if above < ks[g] <= above + in_band and not overflow:
-            search.k = ks[g] - above
-            search.choose(histogram, width)
-            searches[g] = search
-            views[g] = [_BandTies(s, r) for s, r in zip(by_group[g], results)]
-        else:  # the bracket missed (or the band outgrew its buffer): search all scores
+        if not above < ks[g] <= above + in_band or (overflow and in_band > info.sizes[g] // BAND_RETRY_FRACTION):
+            # the bracket missed (or the band is too large to hold): search all scores
             searches[g] = _Search(_shard_source(by_group[g]), ks[g], info.bits[g])
             views[g] = [_ScoreTies(s) for s in by_group[g]]
+            continue
+        band_searches[g][0].k = ks[g] - above
+        if overflow:  # the bracket holds, but some shard's band outgrew its buffer (its scores sit near the
+            regather.append(g)  # threshold more than the group's do): collect those bands whole, one more reduce
+    if regather:
+        parts = []
+        for g in regather:
+            k = band_searches[g][0].k
+            bands[g] = [band_pass(shard.scores, pivots[g].lo, pivots[g].hi, result.in_band)
+                        if result.in_band > result.band.numel() else result
+                        for shard, result in zip(by_group[g], bands[g])]
+            band_searches[g] = _band_search(bands[g], pivots[g], info.bits[g])
+            band_searches[g][0].k = k
+            parts.append(_first_histogram(band_searches[g], device))
+        flat = torch.cat(parts)
+        comm.all_reduce(flat)
+        start = 0
+        for g in regather:
+            width = band_searches[g][1]
+            histograms[g] = flat[start:start + (1 << width)]
+            start += 1 << width
+    for g in sampled:
+        if g in searches:
+            continue
+        search, width = band_searches[g]
+        search.choose(histograms[g], width)
+        searches[g] = search
+        views[g] = [_BandTies(s, r) for s, r in zip(by_group[g], bands[g])]
     return searches, views
+
+
+def _band_search(bands: list[BandResult], pivots: _Pivots, bits: int) -> tuple[_Search, int]:
+    """A search over the band's keys (as offsets from the lower pivot's key: fewer digits than the full
+    range) and the width of its first digit."""
+    low = _value_to_key(pivots.lo, bits)
+    span_bits = max(1, (_value_to_key(pivots.hi, bits) - low).bit_length())
+    source = _tensor_source([b.band for b in bands])
+    if span_bits <= 62:
+        search = _Search(source, 1, span_bits, base=low)
+    else:  # a float64 band over nearly the whole range: offsets would overflow int64
+        search = _Search(source, 1, bits)
+    return search, min(_DIGIT, search.left)
+
+
+def _first_histogram(band_search: tuple[_Search, int], device: torch.device) -> torch.Tensor:
+    search, width = band_search
+    return search.histogram(width, device, torch.int64)[0]
 
 
 # --------------------------------------------------------------------------------------------------
