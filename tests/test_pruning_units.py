@@ -62,6 +62,63 @@ def test_straight_through_gradient_matches_hand_computation():
     assert torch.allclose(layer(x), x @ (linear.weight * mask).T + linear.bias)
 
 
+def _thresholded(linear, keep: int) -> MaskedLinear:
+    layer = MaskedLinear(linear, score_init=0.0)
+    with torch.no_grad():
+        layer.scores.copy_(torch.randn(layer.scores.shape))
+    layer.mode, layer.tensor_index = "threshold", 0
+    cut = float(layer.scores.flatten().sort(descending=True).values[keep - 1])
+    layer.rule = Threshold(k=keep, n=layer.scores.numel(), value=cut, tie_tensor=ALL_TIES, tie_position=0)
+    return layer
+
+
+@pytest.mark.parametrize("conv1d", [False, True], ids=["linear", "conv1d"])
+@pytest.mark.parametrize("frozen", [False, True], ids=["trained", "frozen"])
+def test_masked_layer_matches_autograd_through_the_masked_weight(conv1d, frozen):
+    """Token inputs [batch, seq, in], Linear or GPT-2's transposed Conv1D, weights trained (movement) or frozen
+    (SMP): output and every gradient equal autograd's on ``x @ (W * M)^T + b`` with ``M`` straight through."""
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    linear = Conv1D(5, 7) if conv1d else torch.nn.Linear(7, 5)
+    linear.weight.requires_grad_(not frozen)
+    layer = _thresholded(linear, keep=17)
+    x = torch.randn(3, 4, 7, requires_grad=True)
+    c = torch.randn(3, 4, 5)
+    (layer(x) * c).sum().backward()
+
+    weight = linear.weight.detach().clone().requires_grad_(not frozen)
+    scores = layer.scores.detach().clone().requires_grad_()
+    bias = linear.bias.detach().clone().requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    mask = layer.current_mask().float() + scores - scores.detach()  # forward: M; backward: identity to S
+    masked = weight * mask
+    y = x2 @ masked + bias if conv1d else torch.nn.functional.linear(x2, masked, bias)
+    (y * c).sum().backward()
+    torch.testing.assert_close(layer(x), y)
+    torch.testing.assert_close(layer.scores.grad, scores.grad)
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(linear.bias.grad, bias.grad)
+    assert (linear.weight.grad is None) if frozen else torch.equal(linear.weight.grad == 0, ~layer.current_mask())
+    if not frozen:
+        torch.testing.assert_close(linear.weight.grad, weight.grad)
+
+
+def test_masked_layer_keeps_no_masked_copy_of_its_weight_for_the_backward():
+    """Under ZeRO-3 a layer's weight is whole while it runs; a masked copy kept until the backward would hold
+    the whole of every prunable weight on every rank. What the backward keeps is the input and the layer's
+    own weight and scores (no copies)."""
+    torch.manual_seed(0)
+    layer = _thresholded(torch.nn.Linear(64, 32), keep=1000)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        x = torch.randn(2, 3, 64, requires_grad=True)
+        out = layer(x)
+    pointers = {layer.weight.data_ptr(), layer.scores.data_ptr(), x.data_ptr()}
+    assert saved and all(t.data_ptr() in pointers for t in saved), [tuple(t.shape) for t in saved]
+    out.sum().backward()
+
+
 def sites_of(kinds: str, sizes: list[int]) -> list[Site]:
     return [Site(f"m{i}", str(i), kind, (1, n)) for i, (kind, n) in enumerate(zip(kinds, sizes))]
 

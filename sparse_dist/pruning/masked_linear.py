@@ -32,29 +32,53 @@ import torch.nn.functional as F
 from sparse_dist.distributed.select import NO_TIES, ScoreShard, Threshold
 
 
-class _MaskedWeight(torch.autograd.Function):
-    """``W' = W * M`` for a bool mask ``M`` computed from the scores ``S``, straight through to ``S``.
+class _MaskedLinearFunction(torch.autograd.Function):
+    """``y = x @ (W * M)^T + b`` with a bool mask ``M`` made from the scores ``S``, straight through to ``S``.
 
-    Forward: ``where(M, W, 0)``. Backward, from ``dL/dW'``: ``dL/dS = dL/dW' * W`` (the mask is transparent,
-    Sanh et al. 2020) and, only when ``W`` trains, ``dL/dW = dL/dW' * M``. One pass and no float copy of the
-    mask in the forward; the bool mask (1 B per weight) and ``W`` are what the backward keeps.
+    Shapes: ``x`` ``[..., in]``, ``W`` and ``S`` the stored weight's shape (``[out, in]``, or ``[in, out]``
+    when ``transposed``), ``y`` ``[..., out]``. Backward, from ``dL/dy``: ``dL/dW' = dL/dy^T x`` (in the stored
+    shape), ``dL/dS = dL/dW' * W`` (the mask is transparent: Sanh et al. 2020; METHODS.md, "movement"), ``dL/dW = dL/dW' * M``
+    only when ``W`` trains, ``dL/dx = dL/dy (W * M)``.
+
+    What the backward keeps is ``x`` (as ``F.linear`` would) and references to ``W`` and ``S``: no masked
+    copy of the weight and no mask. Under ZeRO-3 those are whole gathered tensors, so keeping ``W * M`` for
+    every layer until its backward (what ``F.linear`` on a masked weight does) would hold a whole copy of
+    every prunable weight on every rank; the backward rebuilds ``M`` from ``S`` (gathered again there) and
+    ``W * M`` with one comparison and one ``where`` each.
     """
 
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(weight, mask)
-        ctx.scores_dtype = scores.dtype
-        return torch.where(mask, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
+    def forward(ctx, inputs, weight, bias, scores, mask_of, transposed):
+        masked = _apply_mask(weight, mask_of(scores))
+        ctx.save_for_backward(inputs, weight, scores)
+        ctx.mask_of, ctx.transposed, ctx.has_bias = mask_of, transposed, bias is not None
+        return F.linear(inputs, masked.t() if transposed else masked, bias)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        weight, mask = ctx.saved_tensors
-        grad_weight = grad_scores = None
+    def backward(ctx, grad_out):
+        inputs, weight, scores = ctx.saved_tensors
+        mask = ctx.mask_of(scores)
+        grad_inputs = grad_weight = grad_bias = grad_scores = None
+        flat_grad = grad_out.reshape(-1, grad_out.shape[-1])  # [tokens, out]
         if ctx.needs_input_grad[0]:
-            grad_weight = torch.where(mask, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
-        if ctx.needs_input_grad[1]:
-            grad_scores = torch.mul(grad, weight).to(ctx.scores_dtype)
-        return grad_weight, grad_scores, None
+            masked = _apply_mask(weight, mask)
+            grad_inputs = grad_out.matmul(masked.t() if ctx.transposed else masked)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[3]:
+            grad_masked = flat_grad.t().mm(inputs.reshape(-1, inputs.shape[-1]))  # [out, in]
+            if ctx.transposed:
+                grad_masked = grad_masked.t()
+            if ctx.needs_input_grad[3]:
+                grad_scores = torch.mul(grad_masked, weight).to(scores.dtype)
+            if ctx.needs_input_grad[1]:
+                grad_weight = _apply_mask(grad_masked, mask)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = flat_grad.sum(0)
+        return grad_inputs, grad_weight, grad_bias, grad_scores, None, None
+
+
+def _apply_mask(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``values`` where ``mask``, else +0.0: one pass."""
+    return torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device))
 
 
 def threshold_mask(scores: torch.Tensor, rule: Threshold, tensor: int) -> torch.Tensor:
@@ -130,8 +154,21 @@ class MaskedLinear(torch.nn.Module):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if self.track_sigmoid_mass and torch.is_grad_enabled():  # only the pass the regulariser differentiates
             self.sigmoid_mass = torch.sigmoid(self.scores).mean()
-        weight = _MaskedWeight.apply(self.weight, self.scores, self.current_mask().detach())
-        return F.linear(inputs, weight.t() if self.transposed else weight, self.bias)
+        mask_of = self._mask_function()
+        if not torch.is_grad_enabled():
+            weight = _apply_mask(self.weight, mask_of(self.scores))
+            return F.linear(inputs, weight.t() if self.transposed else weight, self.bias)
+        return _MaskedLinearFunction.apply(inputs, self.weight, self.bias, self.scores, mask_of, self.transposed)
+
+    def _mask_function(self):
+        """``scores -> bool mask`` with the rule, mode and fixed mask as they are now: the forward pass and its
+        backward (which rebuilds the mask) use the same one."""
+        fixed, mode, rule, tensor = self.fixed_mask, self.mode, self.rule, self.tensor_index
+        if fixed is not None:
+            return lambda scores: fixed
+        if mode == "threshold":
+            return lambda scores: threshold_mask(scores.detach(), rule, tensor)
+        return lambda scores: torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, mode={self.mode}"
