@@ -104,19 +104,23 @@ def test_masked_layer_matches_autograd_through_the_masked_weight(conv1d, frozen)
         torch.testing.assert_close(linear.weight.grad, weight.grad)
 
 
-def test_masked_layer_keeps_no_masked_copy_of_its_weight_for_the_backward():
-    """Under ZeRO-3 a layer's weight is whole while it runs; a masked copy kept until the backward would hold
-    the whole of every prunable weight on every rank. What the backward keeps is the input and the layer's
-    own weight and scores (no copies)."""
+def test_masked_layer_keeps_no_copy_of_its_weight_or_scores_for_the_backward():
+    """Under ZeRO-3 a layer's weight and scores are whole while it runs; a masked weight or ``sigmoid(S)`` (the
+    regulariser's) kept until the backward would hold the whole of every prunable weight on every rank. What
+    the backward keeps is the input and the layer's own weight and scores (no copies)."""
     torch.manual_seed(0)
     layer = _thresholded(torch.nn.Linear(64, 32), keep=1000)
+    layer.track_sigmoid_mass = True
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         x = torch.randn(2, 3, 64, requires_grad=True)
-        out = layer(x)
+        loss = layer(x).sum() + layer.sigmoid_mass
     pointers = {layer.weight.data_ptr(), layer.scores.data_ptr(), x.data_ptr()}
-    assert saved and all(t.data_ptr() in pointers for t in saved), [tuple(t.shape) for t in saved]
-    out.sum().backward()
+    assert len(saved) == 4 and all(t.data_ptr() in pointers for t in saved), [tuple(t.shape) for t in saved]
+    loss.backward()
+    s = torch.sigmoid(layer.scores.detach())
+    expected = (torch.ones(2 * 3, 32).T @ x.detach().reshape(-1, 64)) * layer.weight.detach() + s * (1 - s) / s.numel()
+    torch.testing.assert_close(layer.scores.grad, expected)
 
 
 def sites_of(kinds: str, sizes: list[int]) -> list[Site]:

@@ -76,6 +76,25 @@ class _MaskedLinearFunction(torch.autograd.Function):
         return grad_inputs, grad_weight, grad_bias, grad_scores, None, None
 
 
+class _SigmoidMean(torch.autograd.Function):
+    """``mean(sigmoid(S))``, a scalar, for the sigmoid-mass regulariser; ``S`` of any shape.
+
+    Backward: ``dL/dS = dL/dR * sigmoid(S) (1 - sigmoid(S)) / numel(S)``, with ``sigmoid(S)`` computed again
+    from ``S``. ``torch.sigmoid(S).mean()`` would keep ``sigmoid(S)``, a tensor of the whole score's size, for
+    every layer until its backward: under ZeRO-3, all of the model's scores whole on every rank."""
+
+    @staticmethod
+    def forward(ctx, scores):
+        ctx.save_for_backward(scores)
+        return torch.sigmoid(scores).mean()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (scores,) = ctx.saved_tensors
+        sigmoid = torch.sigmoid(scores)
+        return sigmoid.mul_(1 - sigmoid).mul_(grad / scores.numel())
+
+
 def _apply_mask(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``values`` where ``mask``, else +0.0: one pass."""
     return torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device))
@@ -153,7 +172,7 @@ class MaskedLinear(torch.nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if self.track_sigmoid_mass and torch.is_grad_enabled():  # only the pass the regulariser differentiates
-            self.sigmoid_mass = torch.sigmoid(self.scores).mean()
+            self.sigmoid_mass = _SigmoidMean.apply(self.scores)
         mask_of = self._mask_function()
         if not torch.is_grad_enabled():
             weight = _apply_mask(self.weight, mask_of(self.scores))
