@@ -271,7 +271,8 @@ def run_cell(model: str, method: str, warmup_steps: int, steps: int, run_dir: st
     parameters = sum(int(getattr(p, "ds_numel", p.numel())) for name, p in trainer.built.pretrained.named_parameters()
                      if not name.endswith(".scores"))
     return {
-        "parameters": parameters, "parameters_trained": count_parameters(trainer.engine.module),
+        "parameters": parameters, "parameters_trained": count_parameters(trainer.engine.module)
+        + count_parameters(trainer.engine.module, scores=True),
         "step_times_s": step_times, "step_cpu_s": step_cpu,
         "phases_s": {key: statistics.fmean(s[key] for s in phases) for key in phases[0]},
         "state_bytes": pruning_state_bytes(trainer.pruner, trainer.distiller),

@@ -141,8 +141,10 @@ class Trainer:
         self._window_steps: dict[str, int] = {}
         # Dropout differs per rank; everything that must agree across ranks was seeded above.
         torch.manual_seed(config.job.seed + env.rank)
-        log.info("model %s (%s, %.2fM parameters), task %s, ZeRO-%d, %s, %d rank(s), global batch %d = %d x %d x %d",
+        scores = count_parameters(self.built.model, scores=True)
+        log.info("model %s (%s, %.2fM parameters%s), task %s, ZeRO-%d, %s, %d rank(s), global batch %d = %d x %d x %d",
                  config.model.name_or_path, self.built.kind, count_parameters(self.built.model) / 1e6,
+                 f", {scores / 1e6:.2f}M mask scores" if scores else "",
                  self.task.name, config.zero.stage, self.precision, env.world_size, config.training.global_batch_size,
                  config.training.micro_batch_size, config.grad_accum_steps, env.world_size)
 

@@ -279,6 +279,8 @@ def _quiet_transformers():
         hf_logging.set_verbosity(previous)
 
 
-def count_parameters(model: torch.nn.Module) -> int:
-    """Number of parameters, counting ZeRO-3 partitioned ones at their full size."""
-    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+def count_parameters(model: torch.nn.Module, scores: bool = False) -> int:
+    """Number of the model's parameters, ZeRO-3 partitioned ones at their full size, without the learned mask
+    scores (``*.scores``) that movement and SMP add; with ``scores=True`` the number of those scores instead."""
+    return sum(getattr(p, "ds_numel", p.numel()) for name, p in model.named_parameters()
+               if name.endswith(".scores") == scores)
