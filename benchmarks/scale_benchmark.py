@@ -377,6 +377,9 @@ def main() -> None:
                   f"  peak RSS/rank {max(row['peak_rss_bytes']) / 2**30:5.2f} GiB"
                   f"  state/rank {row['state_total_bytes'] / 2**20:8.2f} MiB", flush=True)
             write(args, json_path, rows, failed)  # after every cell: a later cell may take the machine down
+    if not rows:  # every cell failed: the JSON lists why, there is nothing to draw
+        print(f"wrote {json_path} (every cell failed; no plot)")
+        return
     plot(rows, png_path)
     print(f"wrote {json_path} and {png_path.name}")
 
