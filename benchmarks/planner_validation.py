@@ -23,7 +23,7 @@ from pathlib import Path
 from provenance import provenance
 from scale_benchmark import MODELS
 from sparse_dist.config import load_config
-from sparse_dist.plan import EXACT, plan_all_ranks
+from sparse_dist.plan import EXACT, malloc_mmap_threshold, plan_all_ranks
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
@@ -42,14 +42,15 @@ def measured_cells(results: Path) -> list[dict]:
                           "method": row["method"], "world_size": row["world_size"], "config": config_path,
                           "overrides": [*report["common_overrides"], *model_overrides,
                                         *report["methods"][row["method"]], *report.get("extra_overrides", [])],
-                          "measured_bytes": row["peak_rss_bytes"], "rss_at_start_bytes": row["rss_at_start_bytes"]})
+                          "measured_bytes": row["peak_rss_bytes"], "rss_at_start_bytes": row["rss_at_start_bytes"],
+                          "mmap_threshold": malloc_mmap_threshold(report.get("malloc_environment", {}))})
     return cells
 
 
 def validate(cell: dict) -> dict:
     """The cell with the planner's lines and totals per rank and the relative error of its worse rank."""
     config = load_config(REPO / cell["config"], cell["overrides"], world_size=cell["world_size"])
-    plans = plan_all_ranks(config, cell["world_size"], on_gpu=False)
+    plans = plan_all_ranks(config, cell["world_size"], on_gpu=False, mmap_threshold=cell["mmap_threshold"])
     predicted = [plan.device_total() + plan.host_total() for plan in plans]
     errors = [(p - m) / m for p, m in zip(predicted, cell["measured_bytes"])]
     worst = max(range(len(errors)), key=lambda r: abs(errors[r]))

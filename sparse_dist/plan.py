@@ -21,6 +21,7 @@ Precision follows the trainer: bf16 on a GPU (DeepSpeed's fused Adam), fp32 on a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 from sparse_dist.config import RunConfig
@@ -217,30 +218,46 @@ def _template(config: RunConfig) -> dict:
     return json.loads(Path(config.zero.template).read_text()).get("zero_optimization", {})
 
 
-def plan_memory(config: RunConfig, world_size: int, rank: int = 0, on_gpu: bool = True) -> MemoryPlan:
+def plan_memory(config: RunConfig, world_size: int, rank: int = 0, on_gpu: bool = True,
+                mmap_threshold: int | None = None) -> MemoryPlan:
     """The memory plan of rank ``rank`` of ``world_size`` for ``config``'s run on a GPU (``on_gpu``: bf16 where
-    the config says auto) or on CPUs (fp32). Builds nothing but meta tensors; reads the model's config (and a
-    label-word head's tokenizer). Raises :class:`~sparse_dist.config.ConfigError` for a model that cannot be
-    found or a precision the device cannot run."""
+    the config says auto) or on CPUs (fp32). ``mmap_threshold``: glibc's ``MALLOC_MMAP_THRESHOLD_`` in bytes
+    if the run sets it (:func:`malloc_mmap_threshold`), which changes what a CPU rank's heap keeps. Builds
+    nothing but meta tensors; reads the model's config (and a label-word head's tokenizer). Raises
+    :class:`~sparse_dist.config.ConfigError` for a model that cannot be found or a precision the device
+    cannot run."""
     from sparse_dist.distributed.deepspeed_config import resolve_precision
 
     precision = resolve_precision(config.training, on_gpu, True)
     described = _describe_model(config)
-    return _count(config, described, _teacher_numels(config), world_size, rank, on_gpu, precision)
+    return _count(config, described, _teacher_numels(config), world_size, rank, on_gpu, precision, mmap_threshold)
 
 
-def plan_all_ranks(config: RunConfig, world_size: int, on_gpu: bool = True) -> list[MemoryPlan]:
+def plan_all_ranks(config: RunConfig, world_size: int, on_gpu: bool = True,
+                   mmap_threshold: int | None = None) -> list[MemoryPlan]:
     """:func:`plan_memory` of every rank (they differ only by padding and by which fragments they own)."""
     from sparse_dist.distributed.deepspeed_config import resolve_precision
 
     precision = resolve_precision(config.training, on_gpu, True)
     described = _describe_model(config)
     teachers = _teacher_numels(config)
-    return [_count(config, described, teachers, world_size, r, on_gpu, precision) for r in range(world_size)]
+    return [_count(config, described, teachers, world_size, r, on_gpu, precision, mmap_threshold)
+            for r in range(world_size)]
+
+
+GLIBC_MAX_MMAP_THRESHOLD = 32 * 2**20
+"""glibc's dynamic mmap threshold never grows past this (``DEFAULT_MMAP_THRESHOLD_MAX`` on 64-bit)."""
+
+
+def malloc_mmap_threshold(environ: Mapping[str, str]) -> int | None:
+    """``MALLOC_MMAP_THRESHOLD_`` of an environment in bytes, or None when unset or not a number (glibc
+    then ignores it too)."""
+    value = environ.get("MALLOC_MMAP_THRESHOLD_", "").strip()
+    return int(value) if value.isdigit() else None
 
 
 def _count(config: RunConfig, m: _Model, teachers: list[list[int]], world: int, rank: int, on_gpu: bool,
-           precision: str) -> MemoryPlan:
+           precision: str, mmap_threshold: int | None = None) -> MemoryPlan:
     z = config.zero
     stage = z.stage
     width = 2 if precision == "bf16" else FP32
@@ -364,7 +381,15 @@ def _count(config: RunConfig, m: _Model, teachers: list[list[int]], world: int, 
     add(PlanLine("activations", _activation_bytes(config, m, width), 0, ESTIMATE,
                  "Korthikanti et al. 2022 eq. 1, per micro-batch" +
                  (", checkpointed" if config.model.gradient_checkpointing else "")))
-    if not on_gpu and stage == 3:
+    if not on_gpu and stage == 3 and mmap_threshold is not None:
+        # A fixed mmap threshold: a gathered weight or gradient of at least that many bytes is its own mapping,
+        # returned to the system when freed; only the smaller ones stay in the heap (measured at bert-large
+        # with 131072: 8.35 -> 5.70 GiB a rank dense, benchmarks/results/scale_benchmark_bert_large_mmap.json).
+        kept = (sum(p.numel for p in m.params if p.numel * width < mmap_threshold)
+                + sum(p.numel for g in m.groups for p in g if p.numel * width < mmap_threshold))
+        add(PlanLine("allocator cache", kept * width, 0, ESTIMATE,
+                     f"CPU: MALLOC_MMAP_THRESHOLD_={mmap_threshold}: larger freed tensors go back"))
+    elif not on_gpu and stage == 3:
         # glibc keeps what ZeRO-3 frees after each module in its heap arenas instead of returning it: the
         # gathered whole parameters and autograd's whole gradients (copied into the bucket, then freed) are
         # below its mmap threshold (32 MiB at most). Measured (benchmarks/memory_breakdown.py): free bytes

@@ -168,6 +168,25 @@ def test_cpu_estimates_count_touched_bucket_pages_allocator_cache_and_baseline(t
     assert {"allocator cache", "process baseline"}.isdisjoint(gpu.bytes_by_name())
 
 
+def test_a_fixed_mmap_threshold_leaves_only_smaller_tensors_in_the_allocator_cache(tmp_path, monkeypatch, capsys):
+    """With glibc's ``MALLOC_MMAP_THRESHOLD_`` set, a freed tensor at least that large goes back to the system:
+    the cache counts only the parameters and gradients below it; the plan command reads the variable."""
+    from sparse_dist.plan import malloc_mmap_threshold, plan_memory
+
+    config = tiny_config(tmp_path, zero={"stage": 3})
+    numels = _parameter_numels(config)  # dense: every parameter is trained, so each counts twice
+    threshold = 4 * sorted(numels)[len(numels) // 2]  # the median tensor's bytes
+    plan = plan_memory(config, world_size=2, on_gpu=False, mmap_threshold=threshold)
+    assert plan.line("allocator cache").device_bytes == 2 * 4 * sum(n for n in numels if 4 * n < threshold) > 0
+    assert plan_memory(config, world_size=2, on_gpu=False, mmap_threshold=1).line("allocator cache").device_bytes == 0
+    assert malloc_mmap_threshold({"MALLOC_MMAP_THRESHOLD_": "131072"}) == 131072
+    assert malloc_mmap_threshold({}) is None and malloc_mmap_threshold({"MALLOC_MMAP_THRESHOLD_": "x"}) is None
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1")
+    assert cli_main(["plan", "--config", "configs/tiny_bert_sst2.yaml", "--world-size", "2", "--cpu",
+                     "zero.stage=3"]) == 0
+    assert "MALLOC_MMAP_THRESHOLD_=1: larger freed tensors go back" in capsys.readouterr().out
+
+
 def test_plan_command_prints_every_line_and_whether_it_fits(tmp_path, capsys):
     status = cli_main(["plan", "--config", "configs/tiny_pins_bert_rte.yaml", "--world-size", "2", "--cpu",
                        "--device-memory", "1MiB", "zero.stage=3"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 
 from sparse_dist.config import ConfigError, load_config
@@ -35,7 +36,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, prog: str = "sparse-dist plan") -> int:
     args = build_parser(prog).parse_args(argv)
-    from sparse_dist.plan import format_plan, parse_memory, plan_all_ranks, plan_json
+    from sparse_dist.plan import format_plan, malloc_mmap_threshold, parse_memory, plan_all_ranks, plan_json
 
     try:
         device_memory = parse_memory(args.device_memory)
@@ -49,7 +50,8 @@ def main(argv: list[str] | None = None, prog: str = "sparse-dist plan") -> int:
     try:
         config = load_config(args.config, args.overrides, world_size=args.world_size)
         with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed's import notes go to stdout; the plan alone does
-            plans = plan_all_ranks(config, args.world_size, on_gpu=not args.cpu)
+            plans = plan_all_ranks(config, args.world_size, on_gpu=not args.cpu,
+                                   mmap_threshold=malloc_mmap_threshold(os.environ))
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2
