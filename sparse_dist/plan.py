@@ -20,8 +20,8 @@ Precision follows the trainer: bf16 on a GPU (DeepSpeed's fused Adam), fp32 on a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from sparse_dist.config import RunConfig

@@ -131,9 +131,10 @@ class Threshold:
         if shard.tensor < self.tie_tensor:
             return scores >= self.value  # every tie kept: one comparison (NaN never gets here: selection refuses it)
         keep = scores > self.value
-        equal = scores == self.value
-        positions = torch.arange(shard.offset, shard.offset + scores.numel(), device=scores.device)
-        return keep | (equal & (positions <= self.tie_position))
+        # The tied scores' positions (few, unless the scores are still all equal), not an index per score.
+        tied = (scores == self.value).nonzero().flatten()
+        keep[tied[tied <= self.tie_position - shard.offset]] = True
+        return keep
 
 
 def select_topk(shards: Sequence[ScoreShard], ks: Sequence[int], comm: Communicator, seed: int = 0,

@@ -29,7 +29,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from sparse_dist.distributed.select import NO_TIES, ScoreShard, Threshold
+from sparse_dist.distributed.select import ScoreShard, Threshold
 
 
 class _MaskedLinearFunction(torch.autograd.Function):
@@ -37,8 +37,8 @@ class _MaskedLinearFunction(torch.autograd.Function):
 
     Shapes: ``x`` ``[..., in]``, ``W`` and ``S`` the stored weight's shape (``[out, in]``, or ``[in, out]``
     when ``transposed``), ``y`` ``[..., out]``. Backward, from ``dL/dy``: ``dL/dW' = dL/dy^T x`` (in the stored
-    shape), ``dL/dS = dL/dW' * W`` (the mask is transparent: Sanh et al. 2020; METHODS.md, "movement"), ``dL/dW = dL/dW' * M``
-    only when ``W`` trains, ``dL/dx = dL/dy (W * M)``.
+    shape), ``dL/dS = dL/dW' * W`` (the mask is transparent: Sanh et al. 2020; METHODS.md, "movement"),
+    ``dL/dW = dL/dW' * M`` only when ``W`` trains, ``dL/dx = dL/dy (W * M)``.
 
     What the backward keeps is ``x`` (as ``F.linear`` would) and references to ``W`` and ``S``: no masked
     copy of the weight and no mask. Under ZeRO-3 those are whole gathered tensors, so keeping ``W * M`` for
@@ -102,15 +102,7 @@ def _apply_mask(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def threshold_mask(scores: torch.Tensor, rule: Threshold, tensor: int) -> torch.Tensor:
     """The bool mask a selection rule gives the whole score tensor number ``tensor`` of its group."""
-    flat = scores.reshape(-1)
-    if rule.tie_tensor == NO_TIES or tensor > rule.tie_tensor:
-        keep = flat > rule.value
-    elif tensor < rule.tie_tensor:
-        keep = flat >= rule.value  # every tie kept: one comparison
-    else:
-        keep = flat > rule.value
-        keep |= (flat == rule.value) & (torch.arange(flat.numel(), device=flat.device) <= rule.tie_position)
-    return keep.view_as(scores)
+    return rule.mask(ScoreShard(scores.reshape(-1), 0, tensor, 0)).view_as(scores)
 
 
 class MaskedLinear(torch.nn.Module):
