@@ -245,10 +245,6 @@ def plan_all_ranks(config: RunConfig, world_size: int, on_gpu: bool = True,
             for r in range(world_size)]
 
 
-GLIBC_MAX_MMAP_THRESHOLD = 32 * 2**20
-"""glibc's dynamic mmap threshold never grows past this (``DEFAULT_MMAP_THRESHOLD_MAX`` on 64-bit)."""
-
-
 def malloc_mmap_threshold(environ: Mapping[str, str]) -> int | None:
     """``MALLOC_MMAP_THRESHOLD_`` of an environment in bytes, or None when unset or not a number (glibc
     then ignores it too)."""

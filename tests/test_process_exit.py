@@ -149,3 +149,25 @@ def test_a_failed_rank_names_its_error_on_the_first_line():
         run_distributed(_one_rank_raises, 2)
     first = str(raised.value).splitlines()[0]
     assert first == "rank 0 of 2 failed: ValueError: scores and weights disagree"
+
+
+def _one_rank_raises_the_other_waits() -> None:
+    import time
+
+    import torch.distributed as dist
+
+    if dist.get_rank() == 0:
+        raise ValueError("bad batch")
+    time.sleep(60)  # stuck, as a rank waiting in a collective for its failed peer would be
+
+
+def test_a_failed_rank_is_reported_before_the_peer_left_waiting():
+    with pytest.raises(RuntimeError, match=r"^rank 0 of 2 failed: ValueError: bad batch"):
+        run_distributed(_one_rank_raises_the_other_waits, 2, timeout_s=15)
+
+
+def test_an_exit_by_a_signal_without_a_name_is_still_described():
+    from sparse_dist.distributed.spawn import _exit_detail
+
+    assert _exit_detail(-35) == "killed by signal 35"
+    assert _exit_detail(-9).startswith("killed by SIGKILL") and _exit_detail(3) == "exit code 3"

@@ -74,31 +74,38 @@ def _thresholded(linear, keep: int) -> MaskedLinear:
 
 @pytest.mark.parametrize("conv1d", [False, True], ids=["linear", "conv1d"])
 @pytest.mark.parametrize("frozen", [False, True], ids=["trained", "frozen"])
-def test_masked_layer_matches_autograd_through_the_masked_weight(conv1d, frozen):
-    """Token inputs [batch, seq, in], Linear or GPT-2's transposed Conv1D, weights trained (movement) or frozen
-    (SMP): output and every gradient equal autograd's on ``x @ (W * M)^T + b`` with ``M`` straight through."""
+@pytest.mark.parametrize("tokens", [(3, 4), (6,)], ids=["batch-seq", "flat-no-bias"])
+def test_masked_layer_matches_autograd_through_the_masked_weight(conv1d, frozen, tokens):
+    """Token inputs [batch, seq, in] (with a bias) or [tokens, in] (without), Linear or GPT-2's transposed
+    Conv1D, weights trained (movement) or frozen (SMP): output and every gradient equal autograd's on
+    ``x @ (W * M)^T + b`` with ``M`` straight through; a no-grad pass gives the same output."""
     from transformers.pytorch_utils import Conv1D
 
     torch.manual_seed(0)
     linear = Conv1D(5, 7) if conv1d else torch.nn.Linear(7, 5)
+    if len(tokens) == 1:
+        linear.bias = None
     linear.weight.requires_grad_(not frozen)
     layer = _thresholded(linear, keep=17)
-    x = torch.randn(3, 4, 7, requires_grad=True)
-    c = torch.randn(3, 4, 5)
+    x = torch.randn(*tokens, 7, requires_grad=True)
+    c = torch.randn(*tokens, 5)
     (layer(x) * c).sum().backward()
 
     weight = linear.weight.detach().clone().requires_grad_(not frozen)
     scores = layer.scores.detach().clone().requires_grad_()
-    bias = linear.bias.detach().clone().requires_grad_()
+    bias = linear.bias.detach().clone().requires_grad_() if linear.bias is not None else None
     x2 = x.detach().clone().requires_grad_()
     mask = layer.current_mask().float() + scores - scores.detach()  # forward: M; backward: identity to S
     masked = weight * mask
-    y = x2 @ masked + bias if conv1d else torch.nn.functional.linear(x2, masked, bias)
+    y = (x2 @ masked + (0 if bias is None else bias)) if conv1d else torch.nn.functional.linear(x2, masked, bias)
     (y * c).sum().backward()
     torch.testing.assert_close(layer(x), y)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), y)
     torch.testing.assert_close(layer.scores.grad, scores.grad)
     torch.testing.assert_close(x.grad, x2.grad)
-    torch.testing.assert_close(linear.bias.grad, bias.grad)
+    if bias is not None:
+        torch.testing.assert_close(linear.bias.grad, bias.grad)
     assert (linear.weight.grad is None) if frozen else torch.equal(linear.weight.grad == 0, ~layer.current_mask())
     if not frozen:
         torch.testing.assert_close(linear.weight.grad, weight.grad)

@@ -131,9 +131,10 @@ class Threshold:
         if shard.tensor < self.tie_tensor:
             return scores >= self.value  # every tie kept: one comparison (NaN never gets here: selection refuses it)
         keep = scores > self.value
-        # The tied scores' positions (few, unless the scores are still all equal), not an index per score.
-        tied = (scores == self.value).nonzero().flatten()
-        keep[tied[tied <= self.tie_position - shard.offset]] = True
+        # The kept ties are those at global positions up to tie_position: a prefix of this shard, compared in
+        # place (no index per score, and no host-device synchronisation).
+        end = min(max(self.tie_position - shard.offset + 1, 0), scores.numel())
+        keep[:end] |= scores[:end] == self.value
         return keep
 
 

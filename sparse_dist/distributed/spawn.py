@@ -95,20 +95,25 @@ def run_distributed(fn: Callable, world_size: int, *args: Any, timeout_s: float 
         for process in processes:
             if process.is_alive():
                 process.kill()
-        # A rank that died without a result (killed, e.g. for memory) is the cause of the others' errors
-        # (their peer went away), so it is reported first.
+        # The likeliest cause is reported: a rank that died without a result (killed, e.g. for memory) breaks
+        # its peers' collectives; a rank that raised leaves its peers waiting until they time out.
         for rank, path in enumerate(outputs):
-            if not Path(path).exists():
+            if not Path(path).exists() and rank not in hung:
                 raise RuntimeError(f"rank {rank} of {world_size} produced no result "
-                                   f"({'timed out' if rank in hung else _exit_detail(processes[rank].exitcode)})")
+                                   f"({_exit_detail(processes[rank].exitcode)})")
         results = []
         for rank, path in enumerate(outputs):
+            if not Path(path).exists():
+                results.append(None)
+                continue
             with open(path, "rb") as handle:
                 status, value = pickle.load(handle)
             if status == "error":
                 last = value.strip().splitlines()[-1] if value.strip() else "no traceback"
                 raise RuntimeError(f"rank {rank} of {world_size} failed: {last}\n{value}")
             results.append(value)
+        if hung:
+            raise RuntimeError(f"rank {hung[0]} of {world_size} produced no result (timed out)")
         return results
 
 
@@ -117,6 +122,9 @@ def _exit_detail(exitcode: int | None) -> str:
     when memory runs out)`` for a negative exit code."""
     if exitcode is None or exitcode >= 0:
         return f"exit code {exitcode}"
-    name = signal.Signals(-exitcode).name if -exitcode in signal.valid_signals() else f"signal {-exitcode}"
+    try:
+        name = signal.Signals(-exitcode).name
+    except ValueError:  # a real-time signal has no name
+        name = f"signal {-exitcode}"
     hint = " (the kernel's OOM killer sends it when memory runs out)" if -exitcode == signal.SIGKILL else ""
     return f"killed by {name}{hint}"

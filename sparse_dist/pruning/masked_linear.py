@@ -28,6 +28,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from sparse_dist.distributed.select import ScoreShard, Threshold
 
@@ -44,7 +45,8 @@ class _MaskedLinearFunction(torch.autograd.Function):
     copy of the weight and no mask. Under ZeRO-3 those are whole gathered tensors, so keeping ``W * M`` for
     every layer until its backward (what ``F.linear`` on a masked weight does) would hold a whole copy of
     every prunable weight on every rank; the backward rebuilds ``M`` from ``S`` (gathered again there) and
-    ``W * M`` with one comparison and one ``where`` each.
+    ``W * M`` with one comparison and one ``where`` each. Not for ``torch.autocast`` (the runs train in the
+    parameters' own dtype) nor for double backward.
     """
 
     @staticmethod
@@ -55,6 +57,7 @@ class _MaskedLinearFunction(torch.autograd.Function):
         return F.linear(inputs, masked.t() if transposed else masked, bias)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         inputs, weight, scores = ctx.saved_tensors
         mask = ctx.mask_of(scores)
@@ -89,6 +92,7 @@ class _SigmoidMean(torch.autograd.Function):
         return torch.sigmoid(scores).mean()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         (scores,) = ctx.saved_tensors
         sigmoid = torch.sigmoid(scores)
@@ -149,12 +153,7 @@ class MaskedLinear(torch.nn.Module):
 
     def current_mask(self, scores: torch.Tensor | None = None) -> torch.Tensor:
         """The bool mask of the whole weight for the current rule (``scores`` defaults to the layer's)."""
-        if self.fixed_mask is not None:
-            return self.fixed_mask
-        scores = self.scores if scores is None else scores
-        if self.mode == "threshold":
-            return threshold_mask(scores, self.rule, self.tensor_index)
-        return torch.ones_like(scores, dtype=torch.bool)
+        return self._mask_function()(self.scores if scores is None else scores)
 
     def mask_of_range(self, scores: torch.Tensor, start: int) -> torch.Tensor:
         """The current mask of the flat elements ``[start, start + len(scores))``, from those scores."""
