@@ -225,7 +225,7 @@ def run_cell(model: str, method: str, warmup_steps: int, steps: int, run_dir: st
     from sparse_dist.data.sampler import TrainBatchSampler
     from sparse_dist.data.task_data import build_train_loader
     from sparse_dist.distributed.env import init_distributed
-    from sparse_dist.models.build import count_parameters
+    from sparse_dist.models.build import count_parameters, count_scores
     from sparse_dist.trainer import Trainer
 
     env = init_distributed()
@@ -268,11 +268,10 @@ def run_cell(model: str, method: str, warmup_steps: int, steps: int, run_dir: st
             step_times.append(elapsed)
             step_cpu.append(time.process_time() - began_cpu)
             phases.append(clock.take())
-    parameters = sum(int(getattr(p, "ds_numel", p.numel())) for name, p in trainer.built.pretrained.named_parameters()
-                     if not name.endswith(".scores"))
+    module = trainer.engine.module
     return {
-        "parameters": parameters, "parameters_trained": count_parameters(trainer.engine.module)
-        + count_parameters(trainer.engine.module, scores=True),
+        "parameters": count_parameters(trainer.built.pretrained),
+        "parameters_trained": count_parameters(module) + count_scores(module),
         "step_times_s": step_times, "step_cpu_s": step_cpu,
         "phases_s": {key: statistics.fmean(s[key] for s in phases) for key in phases[0]},
         "state_bytes": pruning_state_bytes(trainer.pruner, trainer.distiller),

@@ -20,6 +20,7 @@ Precision follows the trainer: bf16 on a GPU (DeepSpeed's fused Adam), fp32 on a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -377,23 +378,21 @@ def _count(config: RunConfig, m: _Model, teachers: list[list[int]], world: int, 
     add(PlanLine("activations", _activation_bytes(config, m, width), 0, ESTIMATE,
                  "Korthikanti et al. 2022 eq. 1, per micro-batch" +
                  (", checkpointed" if config.model.gradient_checkpointing else "")))
-    if not on_gpu and stage == 3 and mmap_threshold is not None:
-        # A fixed mmap threshold: a gathered weight or gradient of at least that many bytes is its own mapping,
-        # returned to the system when freed; only the smaller ones stay in the heap (measured at bert-large
-        # with 131072: 8.35 -> 5.70 GiB a rank dense, benchmarks/results/scale_benchmark_bert_large_mmap.json).
-        kept = (sum(p.numel for p in m.params if p.numel * width < mmap_threshold)
-                + sum(p.numel for g in m.groups for p in g if p.numel * width < mmap_threshold))
-        add(PlanLine("allocator cache", kept * width, 0, ESTIMATE,
-                     f"CPU: MALLOC_MMAP_THRESHOLD_={mmap_threshold}: larger freed tensors go back"))
-    elif not on_gpu and stage == 3:
+    if not on_gpu and stage == 3:
         # glibc keeps what ZeRO-3 frees after each module in its heap arenas instead of returning it: the
         # gathered whole parameters and autograd's whole gradients (copied into the bucket, then freed) are
         # below its mmap threshold (32 MiB at most). Measured (benchmarks/memory_breakdown.py): free bytes
         # kept by malloc after a step 450 MiB on t5-small and 1,728 MiB on t5-base, 0.97x and 1.02x
         # (parameters + trainable parameters) x 4 B; malloc_trim(0) gives 427 and 1,715 MiB of it back.
-        gathered = sum(p.numel for p in m.params) + sum(p.numel for g in m.groups for p in g)
-        add(PlanLine("allocator cache", gathered * width, 0, ESTIMATE,
-                     "CPU: freed gathered weights and gradients glibc keeps"))
+        # With MALLOC_MMAP_THRESHOLD_ fixed, a tensor of at least that many bytes is its own mapping, returned
+        # when freed: only the smaller ones stay (bert-large dense 8.35 -> 5.70 GiB a rank with 131072,
+        # benchmarks/results/scale_benchmark_bert_large_mmap.json).
+        limit = math.inf if mmap_threshold is None else mmap_threshold
+        kept = (sum(p.numel for p in m.params if p.numel * width < limit)
+                + sum(p.numel for g in m.groups for p in g if p.numel * width < limit))
+        add(PlanLine("allocator cache", kept * width, 0, ESTIMATE,
+                     "CPU: freed gathered weights and gradients glibc keeps" if mmap_threshold is None else
+                     f"CPU: MALLOC_MMAP_THRESHOLD_={mmap_threshold}: larger freed tensors go back"))
     if not on_gpu:
         add(PlanLine("process baseline", CPU_PROCESS_BASELINE_BYTES, 0, ESTIMATE,
                      "libraries, interpreter, tokenizer and data: measured"))

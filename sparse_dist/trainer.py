@@ -41,7 +41,7 @@ from sparse_dist.distributed.env import DistEnv, device_capabilities, log_placem
 from sparse_dist.distributed.gather import full_shape
 from sparse_dist.distributed.grad_norm import GradNormMeter
 from sparse_dist.evaluation import Evaluator
-from sparse_dist.models.build import build_model, count_parameters
+from sparse_dist.models.build import build_model, count_parameters, count_scores
 from sparse_dist.observe import build_metrics_logger, build_progress_bar, log_remaining_map, memory_gib
 from sparse_dist.preemption import StopRequest
 from sparse_dist.pruning.build import build_pruner
@@ -141,7 +141,7 @@ class Trainer:
         self._window_steps: dict[str, int] = {}
         # Dropout differs per rank; everything that must agree across ranks was seeded above.
         torch.manual_seed(config.job.seed + env.rank)
-        scores = count_parameters(self.built.model, scores=True)
+        scores = count_scores(self.built.model)
         log.info("model %s (%s, %.2fM parameters%s), task %s, ZeRO-%d, %s, %d rank(s), global batch %d = %d x %d x %d",
                  config.model.name_or_path, self.built.kind, count_parameters(self.built.model) / 1e6,
                  f", {scores / 1e6:.2f}M mask scores" if scores else "",

@@ -547,6 +547,7 @@ def _band_step(sampled: list[int], by_group: list[list[ScoreShard]], ks: Sequenc
     searches: dict[int, _Search] = {}
     views: dict[int, list[_TieView]] = {}
     histograms: dict[int, torch.Tensor] = {}
+    band_ks: dict[int, int] = {}  # groups searched in their band: the threshold's rank among the band's scores
     regather: list[int] = []
     start = 0
     for g in sampled:
@@ -561,18 +562,16 @@ def _band_step(sampled: list[int], by_group: list[list[ScoreShard]], ks: Sequenc
             searches[g] = _Search(_shard_source(by_group[g]), ks[g], info.bits[g])
             views[g] = [_ScoreTies(s) for s in by_group[g]]
             continue
-        band_searches[g][0].k = ks[g] - above
+        band_ks[g] = ks[g] - above
         if overflow:  # the bracket holds, but some shard's band outgrew its buffer (its scores sit near the
             regather.append(g)  # threshold more than the group's do): collect those bands whole, one more reduce
     if regather:
         parts = []
         for g in regather:
-            k = band_searches[g][0].k
             bands[g] = [band_pass(shard.scores, pivots[g].lo, pivots[g].hi, result.in_band)
                         if result.in_band > result.band.numel() else result
                         for shard, result in zip(by_group[g], bands[g])]
             band_searches[g] = _band_search(bands[g], pivots[g], info.bits[g])
-            band_searches[g][0].k = k
             parts.append(_first_histogram(band_searches[g], device))
         flat = torch.cat(parts)
         comm.all_reduce(flat)
@@ -581,10 +580,9 @@ def _band_step(sampled: list[int], by_group: list[list[ScoreShard]], ks: Sequenc
             width = band_searches[g][1]
             histograms[g] = flat[start:start + (1 << width)]
             start += 1 << width
-    for g in sampled:
-        if g in searches:
-            continue
+    for g, k in band_ks.items():
         search, width = band_searches[g]
+        search.k = k
         search.choose(histograms[g], width)
         searches[g] = search
         views[g] = [_BandTies(s, r) for s, r in zip(by_group[g], bands[g])]

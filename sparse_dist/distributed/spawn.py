@@ -103,8 +103,7 @@ def run_distributed(fn: Callable, world_size: int, *args: Any, timeout_s: float 
                                    f"({_exit_detail(processes[rank].exitcode)})")
         results = []
         for rank, path in enumerate(outputs):
-            if not Path(path).exists():
-                results.append(None)
+            if not Path(path).exists():  # timed out: reported below, unless another rank's error explains it
                 continue
             with open(path, "rb") as handle:
                 status, value = pickle.load(handle)

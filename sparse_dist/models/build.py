@@ -279,8 +279,13 @@ def _quiet_transformers():
         hf_logging.set_verbosity(previous)
 
 
-def count_parameters(model: torch.nn.Module, scores: bool = False) -> int:
+def count_parameters(model: torch.nn.Module) -> int:
     """Number of the model's parameters, ZeRO-3 partitioned ones at their full size, without the learned mask
-    scores (``*.scores``) that movement and SMP add; with ``scores=True`` the number of those scores instead."""
+    scores (``*.scores``) that movement and SMP add (:func:`count_scores`)."""
     return sum(getattr(p, "ds_numel", p.numel()) for name, p in model.named_parameters()
-               if name.endswith(".scores") == scores)
+               if not name.endswith(".scores"))
+
+
+def count_scores(model: torch.nn.Module) -> int:
+    """Number of learned mask scores (``*.scores`` parameters) in the model, at their full size."""
+    return sum(getattr(p, "ds_numel", p.numel()) for name, p in model.named_parameters() if name.endswith(".scores"))

@@ -164,11 +164,8 @@ class MaskedLinear(torch.nn.Module):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if self.track_sigmoid_mass and torch.is_grad_enabled():  # only the pass the regulariser differentiates
             self.sigmoid_mass = _SigmoidMean.apply(self.scores)
-        mask_of = self._mask_function()
-        if not torch.is_grad_enabled():
-            weight = _apply_mask(self.weight, mask_of(self.scores))
-            return F.linear(inputs, weight.t() if self.transposed else weight, self.bias)
-        return _MaskedLinearFunction.apply(inputs, self.weight, self.bias, self.scores, mask_of, self.transposed)
+        return _MaskedLinearFunction.apply(inputs, self.weight, self.bias, self.scores, self._mask_function(),
+                                           self.transposed)
 
     def _mask_function(self):
         """``scores -> bool mask`` with the rule, mode and fixed mask as they are now: the forward pass and its
